@@ -1,0 +1,247 @@
+"""The ``salicon`` command: subcommands from a name -> function table.
+
+    salicon predict photos/ -o maps/ --overlay
+    salicon init-weights --vgg16 VGG_ILSVRC_16_layers.caffemodel -o untrained.caffemodel
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import SaliconError
+from .formats import _umask
+from .image import IMAGE_SUFFIXES, load_image
+
+INPUT_SCALES = {"published": 1.0 / 255.0, "vgg": 1.0}
+
+
+def _error(message: str) -> None:
+    print(f"salicon: error: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- predict
+
+
+def collect_images(paths: Sequence[str], recursive: bool) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image path, output stem relative to OUTDIR) for each input, and the
+    paths that do not exist. Folders contribute their image files, sorted."""
+    items, missing = [], []
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            for f in sorted(path.glob(pattern)):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    items.append((f, f.relative_to(path).with_suffix("")))
+        elif path.exists():
+            items.append((path, Path(path.stem)))
+        else:
+            missing.append(arg)
+    return items, missing
+
+
+def unique_stems(items: list[tuple[Path, Path]]) -> list[Path]:
+    """Output stems without collisions: 'a.jpg' and 'a.png' become 'a.jpg' / 'a.png'."""
+    counts: dict[Path, int] = {}
+    for _, stem in items:
+        counts[stem] = counts.get(stem, 0) + 1
+    out, taken = [], set()
+    for src, stem in items:
+        name = stem if counts[stem] == 1 else stem.with_name(stem.name + src.suffix)
+        base, k = name, 1
+        while name in taken:
+            k += 1
+            name = base.with_name(f"{base.name}_{k}")
+        taken.add(name)
+        out.append(name)
+    return out
+
+
+def _write_atomic(path: Path, write: Callable[[str], None], suffix: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    _write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"), ".png")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+    _write_atomic(path, write, ".npy")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .model import Salicon
+    from .visualize import overlay, threshold_map, to_uint8
+
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        _error(f"--threshold must be in [0, 1], got {args.threshold}")
+        return 2
+    items, missing = collect_images(args.inputs, args.recursive)
+    for m in missing:
+        _error(f"{m}: no such file or folder")
+    if not items:
+        _error("no images to process")
+        return 1
+    outdir = Path(args.output)
+    inputs_resolved = {src.resolve() for src, _ in items}
+    try:
+        model = Salicon(args.model, args.prototxt, device=args.device, precision=args.precision,
+                        input_scale=INPUT_SCALES.get(args.input_scale) or float(args.input_scale),
+                        resize=args.resize)
+    except (SaliconError, ValueError) as exc:
+        _error(str(exc))
+        return 1
+
+    stems = unique_stems(items)
+    failed = len(missing)
+    written = 0
+    bar = tqdm(total=len(items), unit="img", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    for index, result in model.iter_saliency([src for src, _ in items], batch_size=args.batch_size):
+        src, stem = items[index][0], stems[index]
+        bar.update(1)
+        try:
+            if isinstance(result, Exception):
+                raise result
+            targets = {"map": outdir / stem.with_suffix(".png")}
+            if args.npy:
+                targets["npy"] = outdir / stem.with_suffix(".npy")
+            if args.overlay:
+                targets["overlay"] = outdir / stem.with_name(stem.name + "_overlay.png")
+            clash = [t for t in targets.values() if t.resolve() in inputs_resolved]
+            if clash:
+                raise SaliconError(f"output {clash[0]} would overwrite an input image; choose another -o")
+            sal = result if args.threshold is None else threshold_map(result, args.threshold)
+            _save_png(targets["map"], to_uint8(sal))
+            if args.npy:
+                _save_npy(targets["npy"], sal.astype(np.float32))
+            if args.overlay:
+                _save_png(targets["overlay"], overlay(load_image(src), sal))
+            written += 1
+        except (SaliconError, OSError, ValueError) as exc:
+            failed += 1
+            message = str(exc) if str(src) in str(exc) else f"{src}: {exc}"
+            bar.write(f"salicon: error: {message}", file=sys.stderr)
+    bar.close()
+    if not args.quiet:
+        print(f"wrote {written} saliency map(s) to {outdir}" + (f"; {failed} failed" if failed else ""),
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------- init-weights
+
+
+def cmd_init_weights(args: argparse.Namespace) -> int:
+    from .weights import init_from_vgg16
+
+    out = Path(args.output)
+    if out.resolve() == Path(args.vgg16).resolve():
+        _error("-o must differ from --vgg16")
+        return 2
+    try:
+        net, report = init_from_vgg16(args.vgg16, args.prototxt, seed=args.seed)
+        net.save(out)
+    except (SaliconError, OSError) as exc:
+        _error(str(exc))
+        return 1
+    print(f"copied VGG-16 into {len(report.copied)} layers; initialised from fillers (seed {args.seed}): "
+          f"{', '.join(report.initialised) or 'none'}; ignored VGG-16 layers: "
+          f"{', '.join(report.ignored) or 'none'}")
+    print(f"wrote {out}")
+    return 0
+
+
+# ------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="salicon",
+        description="SALICON saliency maps (OpenSALICON) from Caffe prototxt/.caffemodel files, run on PyTorch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="write a saliency map for each image",
+                       description="Write a saliency map PNG (8-bit, the image's size) for each image. "
+                                   "Folders contribute their image files. A file that fails is reported "
+                                   "and skipped; the exit status is 1 if any failed.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the maps")
+    p.add_argument("--model", help="trained .caffemodel (default: the shipped pretrained model)")
+    p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="numerics of the forward pass (tf32/bf16: faster on GPUs)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("--input-scale", default="published",
+                   help="factor after mean subtraction: 'published' (1/255, for the published weights), "
+                        "'vgg' (1) or a number")
+    p.add_argument("--resize", default="spline", choices=["spline", "scipy", "bilinear"],
+                   help="resize method (spline = the published cubic zoom, computed fast)")
+    p.add_argument("--npy", action="store_true", help="also write the float32 map as .npy")
+    p.add_argument("--overlay", action="store_true", help="also write a heatmap over the image (_overlay.png)")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="zero map values below T (0..1) for crisper maps")
+    p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("init-weights", help="make an untrained model from VGG-16 conv weights",
+                       description="Copy VGG-16's conv1_1..conv5_3 into both streams of the SALICON net "
+                                   "(fc layers ignored) and initialise saliency_map from the prototxt's "
+                                   "fillers, seeded. Reads the legacy Model Zoo layout and the current one.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--vgg16", required=True, metavar="FILE.caffemodel", help="VGG-16 weights")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.caffemodel", help="file to write")
+    p.add_argument("--prototxt", help="train net prototxt (default: prototxt/finetune_salicon.prototxt)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the saliency_map initialisation")
+    p.set_defaults(func=cmd_init_weights)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if getattr(args, "batch_size", 1) < 1:
+        parser.error("--batch-size must be at least 1")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

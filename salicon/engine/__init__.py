@@ -1,0 +1,6 @@
+"""The PyTorch engine: Caffe nets from prototxt files, run by PyTorch."""
+from .layers import LAYER_TYPES, Layer
+from .net import Net, ParamInfo, count_flops
+from .pylayer import Blob
+
+__all__ = ["Net", "ParamInfo", "Layer", "LAYER_TYPES", "Blob", "count_flops"]

@@ -1,0 +1,357 @@
+"""``Net``: a Caffe net definition built into a PyTorch module.
+
+The graph is built once from the prototxt (phase rules applied, shapes
+inferred, parameters created) and run as a flat list of layer calls. Blobs are
+named as in the prototxt; intermediate blobs are freed as soon as no later
+layer reads them unless asked for, which keeps peak memory near the largest
+pair of live activations.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import formats
+from ..errors import FormatError, NetError
+from ..proto import caffe_pb2
+from .layers import LAYER_TYPES, NATIVE_PYTHON_LAYERS, Layer, Shape
+from .pylayer import PythonLayer
+
+PathLike = Union[str, os.PathLike]
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+#: Where Python layer modules are looked for besides sys.path.
+PROJECT_LAYERS_DIR = Path(__file__).resolve().parents[2] / "layers"
+
+PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """A learnable blob with its per-blob multipliers from the prototxt."""
+
+    layer: str
+    index: int
+    param: nn.Parameter
+    lr_mult: float
+    decay_mult: float
+
+
+def _state_meets_rule(state: caffe_pb2.NetState, rule: caffe_pb2.NetStateRule) -> bool:
+    """Caffe's Net::StateMeetsRule."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    if any(s not in state.stage for s in rule.stage):
+        return False
+    if any(s in state.stage for s in rule.not_stage):
+        return False
+    return True
+
+
+def filter_layers(net: caffe_pb2.NetParameter, state: caffe_pb2.NetState) -> list[caffe_pb2.LayerParameter]:
+    """The layers that ``state`` includes (Caffe's Net::FilterNet)."""
+    kept = []
+    for layer in net.layer:
+        if layer.include and layer.exclude:
+            raise NetError(layer.name, layer.type, "specify include or exclude rules, not both")
+        if layer.include:
+            keep = any(_state_meets_rule(state, r) for r in layer.include)
+        else:
+            keep = not any(_state_meets_rule(state, r) for r in layer.exclude)
+        if keep:
+            kept.append(layer)
+    return kept
+
+
+def _module_key(name: str) -> str:
+    # nn.Module names cannot contain '.'; Caffe layer names may.
+    return name.replace(".", "__dot__") or "__unnamed__"
+
+
+class Net(nn.Module):
+    """A runnable Caffe net.
+
+    Args:
+        prototxt: path of a net prototxt, or a parsed ``NetParameter``.
+        weights: optional .caffemodel to copy parameters from.
+        phase: ``"test"`` or ``"train"`` (selects layers by include/exclude rules
+            and sets Dropout's behaviour).
+        level, stages: the rest of Caffe's NetState.
+        device, dtype: where and in which precision parameters live.
+        seed: seeds the weight fillers.
+        search_path: extra folders to import Python layer modules from.
+
+    After :meth:`forward`, ``net.blobs`` maps blob names to tensors (the inputs,
+    the outputs and any blob asked for; all of them with ``keep_blobs=True``),
+    and ``net.params`` maps layer names to their parameter blobs, as in pycaffe.
+    """
+
+    def __init__(self, prototxt: PathLike | caffe_pb2.NetParameter, weights: PathLike | None = None,
+                 phase: str = "test", *, level: int = 0, stages: Sequence[str] = (),
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 seed: int | None = None, search_path: Iterable[PathLike] = ()):
+        super().__init__()
+        if isinstance(prototxt, caffe_pb2.NetParameter):
+            self.source = "<NetParameter>"
+            net_param = formats.upgrade_net(prototxt)
+            search = [Path(p) for p in search_path]
+        else:
+            self.source = str(prototxt)
+            net_param = formats.read_net_prototxt(prototxt)
+            search = [Path(p) for p in search_path] + [Path(prototxt).resolve().parent]
+        search.append(PROJECT_LAYERS_DIR)
+        if phase not in PHASES:
+            raise ValueError(f"phase must be 'train' or 'test', not {phase!r}")
+        self.phase = phase
+        self.net_param = net_param
+        self.name = net_param.name
+        state = caffe_pb2.NetState(phase=PHASES[phase], level=level, stage=list(stages))
+        if net_param.HasField("state"):
+            state.MergeFrom(net_param.state)
+            state.phase = PHASES[phase]
+        generator = torch.Generator()
+        generator.manual_seed(seed if seed is not None else torch.seed())
+
+        self.layers = nn.ModuleDict()
+        self._steps: list[tuple[Layer, tuple[str, ...], tuple[str, ...]]] = []
+        self.input_shapes: OrderedDict[str, Shape] = OrderedDict()
+        self.blob_shapes: OrderedDict[str, Shape] = OrderedDict()
+        self.loss_weights: dict[str, float] = {}
+        self.layer_params: dict[str, caffe_pb2.LayerParameter] = {}
+        available: list[str] = []
+        for lp in filter_layers(net_param, state):
+            layer = self._build_layer(lp, generator, search)
+            if not lp.name or lp.name in self.layer_params:
+                raise NetError(lp.name, lp.type, "layer names must be present and unique")
+            self.layers[_module_key(lp.name)] = layer
+            self.layer_params[lp.name] = lp
+            for b in lp.bottom:
+                if b in available:
+                    available.remove(b)
+            for top, shape in zip(lp.top, layer.top_shapes):
+                self.blob_shapes[top] = tuple(shape)
+                if top not in available:
+                    available.append(top)
+            if len(lp.loss_weight) not in (0, len(lp.top)):
+                raise NetError(lp.name, lp.type, f"{len(lp.loss_weight)} loss_weight values for {len(lp.top)} tops")
+            for i, top in enumerate(lp.top):
+                weight = lp.loss_weight[i] if lp.loss_weight else (1.0 if layer.is_loss else 0.0)
+                if weight:
+                    self.loss_weights[top] = float(weight)
+            if layer.is_input:
+                for top, shape in zip(lp.top, layer.top_shapes):
+                    self.input_shapes[top] = tuple(shape)
+            else:
+                self._steps.append((layer, tuple(lp.bottom), tuple(lp.top)))
+        if not self._steps and not self.input_shapes:
+            raise FormatError(f"{self.source}: no layers left in phase '{phase}'")
+        #: Blobs not consumed by any later layer (Caffe's net outputs).
+        self.outputs: list[str] = available
+        self._last_use = {}
+        for i, (_, bottoms, _) in enumerate(self._steps):
+            for b in bottoms:
+                self._last_use[b] = i
+        self.blobs: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.keep_blobs = False
+        self.memory_format = torch.contiguous_format
+        self.to(device=device, dtype=dtype)
+        if weights is not None:
+            self.copy_from(weights)
+
+    # ------------------------------------------------------------------ build
+    def _build_layer(self, lp: caffe_pb2.LayerParameter, generator, search) -> Layer:
+        bottom_shapes = []
+        for b in lp.bottom:
+            if b not in self.blob_shapes:
+                raise NetError(lp.name, lp.type, f"bottom blob '{b}' is not produced by any earlier layer")
+            bottom_shapes.append(self.blob_shapes[b])
+        phase = PHASES[self.phase]
+        if lp.type == "Python":
+            key = (lp.python_param.module, lp.python_param.layer)
+            if key in NATIVE_PYTHON_LAYERS:
+                return NATIVE_PYTHON_LAYERS[key](lp, bottom_shapes, phase, generator)
+            return PythonLayer(lp, bottom_shapes, phase, generator, search_path=search)
+        if lp.type not in LAYER_TYPES:
+            raise NetError(lp.name, lp.type or "<none>",
+                           f"unsupported layer type; supported: {', '.join(sorted(LAYER_TYPES))}, Python")
+        return LAYER_TYPES[lp.type](lp, bottom_shapes, phase, generator)
+
+    # ------------------------------------------------------------ parameters
+    @property
+    def params(self) -> OrderedDict[str, list[nn.Parameter]]:
+        """Layer name -> parameter blobs (weights, bias), as pycaffe's net.params."""
+        return OrderedDict((name, layer.blobs) for name, layer in self._named_layers() if layer.blob_names)
+
+    def _named_layers(self):
+        for name, layer in zip(self.layer_params, self.layers.values()):
+            yield name, layer
+
+    def layer(self, name: str) -> Layer:
+        """The layer module called ``name`` in the prototxt."""
+        return self.layers[_module_key(name)]
+
+    def param_info(self) -> list[ParamInfo]:
+        """Every learnable blob with its lr_mult and decay_mult (default 1)."""
+        out = []
+        for name, layer in self._named_layers():
+            specs = self.layer_params[name].param
+            for i, p in enumerate(layer.blobs):
+                spec = specs[i] if i < len(specs) else caffe_pb2.ParamSpec()
+                out.append(ParamInfo(name, i, p, float(spec.lr_mult), float(spec.decay_mult)))
+        return out
+
+    def copy_from(self, weights: PathLike | Mapping[str, Sequence[ArrayLike]], strict: bool = False) -> list[str]:
+        """Copy parameters from a .caffemodel (or a layer -> arrays mapping).
+
+        Layers are matched by name, as in Caffe; layers of the file that the net
+        lacks are ignored. A blob whose shape differs from the net's raises a
+        FormatError naming the file, the layer and both shapes. Net layers with
+        parameters that the file lacks are returned (and warned about; with
+        ``strict=True`` they raise).
+        """
+        if isinstance(weights, Mapping):
+            source = "<arrays>"
+            file_blobs = {k: [formats.array_to_blob(np.asarray(_to_numpy(a))) for a in v]
+                          for k, v in weights.items()}
+        else:
+            source = str(weights)
+            file_blobs = formats.caffemodel_params(formats.read_caffemodel(weights))
+        missing = []
+        for name, layer in self._named_layers():
+            if not layer.blob_names:
+                continue
+            if name not in file_blobs:
+                missing.append(name)
+                continue
+            blobs = file_blobs[name]
+            if len(blobs) != len(layer.blob_names):
+                raise FormatError(f"{source}: layer '{name}' has {len(blobs)} blobs in the file but "
+                                  f"{len(layer.blob_names)} in {self.source}")
+            for i, (blob, param) in enumerate(zip(blobs, layer.blobs)):
+                if not formats.shapes_match(blob, param.shape):
+                    raise FormatError(
+                        f"{source}: layer '{name}' blob {i} ({layer.blob_names[i]}) has shape "
+                        f"{formats.blob_shape(blob)} in the file but {tuple(param.shape)} in {self.source}")
+                array = formats.blob_to_array(blob).reshape(tuple(param.shape))
+                with torch.no_grad():
+                    param.copy_(torch.from_numpy(array))
+        if missing:
+            message = f"{source}: no weights for layer(s) {', '.join(missing)} of {self.source}"
+            if strict:
+                raise FormatError(message)
+            warnings.warn(message + "; they keep their filler initialisation", stacklevel=2)
+        return missing
+
+    def state_arrays(self) -> OrderedDict[str, list[np.ndarray]]:
+        """Layer name -> parameter blobs as float32 numpy arrays."""
+        return OrderedDict((name, [p.detach().float().cpu().numpy() for p in blobs])
+                           for name, blobs in self.params.items())
+
+    def save(self, path: PathLike) -> None:
+        """Write the parameters as a .caffemodel (current layout) that Caffe loads."""
+        formats.write_caffemodel(path, self.net_param, self.state_arrays())
+
+    # --------------------------------------------------------------- running
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            return p.dtype
+        return torch.float32
+
+    def _prepare_input(self, name: str, value: ArrayLike) -> torch.Tensor:
+        expected = self.input_shapes[name]
+        tensor = torch.as_tensor(value)
+        shape = tuple(tensor.shape)
+        if len(shape) != len(expected) or shape[1:] != expected[1:]:
+            raise ValueError(f"input '{name}' has shape {shape} but the net ({self.source}) expects "
+                             f"{expected} (the batch size may differ)")
+        tensor = tensor.to(self.device, self.dtype if tensor.is_floating_point() else None, non_blocking=True)
+        if tensor.dim() == 4 and self.memory_format is not torch.contiguous_format:
+            tensor = tensor.contiguous(memory_format=self.memory_format)
+        return tensor
+
+    def forward(self, blobs: Sequence[str] | None = None, **inputs: ArrayLike) -> dict[str, torch.Tensor]:
+        """Run the net on ``inputs`` (input blob name -> array or tensor).
+
+        Returns the net's outputs plus the blobs named in ``blobs``.
+        """
+        unknown = set(inputs) - set(self.input_shapes)
+        if unknown:
+            raise ValueError(f"unknown input blob(s) {sorted(unknown)}; the net's inputs are "
+                             f"{list(self.input_shapes)}")
+        missing = [n for n in self.input_shapes if n not in inputs]
+        if missing:
+            raise ValueError(f"missing input blob(s) {missing} for {self.source}")
+        batch = {int(torch.as_tensor(v).shape[0]) if torch.as_tensor(v).dim() else 1 for v in inputs.values()}
+        if len(batch) > 1:
+            raise ValueError(f"inputs have different batch sizes {sorted(batch)}")
+        wanted = set(self.outputs) | set(blobs or ())
+        bad = [b for b in (blobs or ()) if b not in self.blob_shapes]
+        if bad:
+            raise ValueError(f"no blob(s) named {bad} in {self.source}")
+        values: dict[str, torch.Tensor] = {n: self._prepare_input(n, v) for n, v in inputs.items()}
+        keep = dict(values)
+        for i, (layer, bottoms, tops) in enumerate(self._steps):
+            outs = layer(*(values[b] for b in bottoms))
+            for b in bottoms:
+                if self._last_use.get(b) == i and b not in tops and not self.keep_blobs and b not in wanted:
+                    values.pop(b, None)
+            for t, o in zip(tops, outs):
+                values[t] = o
+                if self.keep_blobs or t in wanted:
+                    keep[t] = o
+            for t in tops:
+                if self._last_use.get(t, -1) <= i and t not in wanted and not self.keep_blobs:
+                    values.pop(t, None)
+        self.blobs = OrderedDict((n, keep[n]) for n in self.blob_shapes if n in keep)
+        return {n: keep[n] for n in list(self.outputs) + [b for b in (blobs or ()) if b not in self.outputs]}
+
+    def objective(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted sum of the loss tops (what a solver minimises)."""
+        if not self.loss_weights:
+            raise ValueError(f"{self.source} has no loss layer in phase '{self.phase}'")
+        return sum(w * outputs[name].sum() for name, w in self.loss_weights.items())
+
+    def extra_repr(self) -> str:
+        ins = ", ".join(f"{k}{list(v)}" for k, v in self.input_shapes.items())
+        return f"name={self.name!r}, phase={self.phase}, inputs=[{ins}], outputs={self.outputs}"
+
+
+def _to_numpy(a: ArrayLike) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().float().cpu().numpy()
+    return np.asarray(a, dtype=np.float32)
+
+
+def count_flops(net: Net) -> float:
+    """Multiply-adds x 2 of the convolution and inner-product layers at the
+    declared input shapes (a yardstick for throughput figures)."""
+    total = 0.0
+    for name, layer in net._named_layers():
+        out = layer.top_shapes[0] if layer.top_shapes else ()
+        if layer.type == "Convolution":  # per output value: C/group * kh * kw
+            total += 2.0 * math.prod(out) * layer.weight.numel() / out[1]
+        elif layer.type == "InnerProduct":
+            total += 2.0 * math.prod(out) * layer.weight.numel() / out[-1]
+    return total

@@ -1,0 +1,235 @@
+"""``Salicon``: saliency maps for images, as OpenSALICON's ``Salicon`` class.
+
+    from salicon import Salicon
+    salicon = Salicon(model="salicon_osie.caffemodel", prototxtpath="prototxt/salicon.prototxt")
+    saliency_map = salicon.compute_saliency("image.jpg")  # float32 HxW in [0, 1]
+
+Every net input of shape N x 3 x H x W receives the image resized to H x W, so
+editing the sizes in the prototxt is all it takes to run at other scales.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+
+from .engine import Net
+from .errors import EngineError, SaliconError
+from .image import ImageLike, load_image
+from .preprocess import (MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS, image_to_blob, resize_chw,
+                         saliency_to_image_size)
+
+PathLike = Union[str, os.PathLike]
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Output blob read by default (the test prototxt's Sigmoid top).
+OUTPUT_BLOB = "saliency_map_out"
+PRECISIONS = ("fp32", "tf32", "bf16")
+ENGINES = ("auto", "pytorch")
+
+
+def prototxt_path(name: str = "salicon.prototxt") -> Path:
+    """Path of a prototxt shipped with the project (source tree or installed)."""
+    local = PROJECT_ROOT / "prototxt" / name
+    if local.exists():
+        return local
+    try:
+        packaged = Path(str(resources.files("salicon.prototxt") / name))
+    except ModuleNotFoundError:
+        packaged = local
+    if not packaged.exists():
+        raise SaliconError(f"shipped prototxt '{name}' not found (looked in {local} and {packaged})")
+    return packaged
+
+
+def default_model_path() -> Path:
+    """Where the pretrained OSIE model is looked for when no model is given."""
+    return PROJECT_ROOT / "models" / "salicon_osie.caffemodel"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; a CUDA request without CUDA fails clearly."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"invalid device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device {device!r} requested but CUDA is not available to PyTorch "
+                          f"{torch.__version__}; use device='cpu' or 'auto'")
+    return dev
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device):
+    """Numerics for a forward pass: fp32 (no TF32), tf32, or bf16 autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    if device.type != "cuda":
+        yield
+        return
+    allow = precision == "tf32"
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+class Salicon:
+    """The SALICON model: an image in, a saliency map at the image's size out.
+
+    Args:
+        model: a .caffemodel with trained weights (default: the shipped
+            pretrained model, when present).
+        prototxtpath: the test net definition (default: prototxt/salicon.prototxt).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"fp32"`` (exact), ``"tf32"`` or ``"bf16"`` (GPU speed).
+        input_scale: factor after mean subtraction; the published code and its
+            weights use 1/255, VGG-16's own convention is 1.
+        resize: ``"spline"`` (published cubic zoom, fast), ``"scipy"`` (the
+            published scipy.ndimage.zoom call itself) or ``"bilinear"``.
+        engine: ``"auto"`` or ``"pytorch"``.
+    """
+
+    def __init__(self, model: PathLike | None = None, prototxtpath: PathLike | None = None, *,
+                 device: str | torch.device = "auto", precision: str = "fp32",
+                 input_scale: float = PUBLISHED_INPUT_SCALE, resize: str = "spline",
+                 mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+        if resize not in RESIZE_METHODS:
+            raise ValueError(f"resize must be one of {RESIZE_METHODS}, not {resize!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if model is None:
+            model = default_model_path()
+            if not model.exists():
+                raise SaliconError("no model given and no pretrained model installed at "
+                                   f"{model}; pass model=PATH.caffemodel")
+        self.model_path = Path(model)
+        self.prototxt_path = Path(prototxtpath) if prototxtpath is not None else prototxt_path()
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.input_scale = float(input_scale)
+        self.mean_bgr = tuple(float(m) for m in mean_bgr)
+        self.resize = resize
+        net = Net(self.prototxt_path, phase="test", device=self.device)
+        net.copy_from(self.model_path, strict=True)
+        net.eval().requires_grad_(False)
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+            net.memory_format = torch.channels_last
+        self.net = net
+        for name, shape in net.input_shapes.items():
+            if len(shape) != 4 or shape[1] != 3:
+                raise SaliconError(f"{self.prototxt_path}: input '{name}' has shape {shape}; image inputs "
+                                   f"must be N x 3 x H x W (is this a train prototxt?)")
+        if OUTPUT_BLOB in net.outputs:
+            self.output_blob = OUTPUT_BLOB
+        elif len(net.outputs) == 1:
+            self.output_blob = net.outputs[0]
+        else:
+            raise SaliconError(f"{self.prototxt_path}: cannot tell the saliency output among {net.outputs}; "
+                               f"name it '{OUTPUT_BLOB}'")
+
+    # ------------------------------------------------------------ stages
+    def preprocess(self, image: ImageLike) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
+        """Load ``image`` and make one 3xHxW tensor per net input; also return its (H, W)."""
+        rgb = load_image(image)
+        size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        blob = image_to_blob(torch.from_numpy(rgb).to(self.device), self.input_scale, self.mean_bgr)
+        inputs = {name: resize_chw(blob, shape[2:], self.resize)
+                  for name, shape in self.net.input_shapes.items()}
+        return inputs, size
+
+    @torch.inference_mode()
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Run the net on batched inputs (name -> Nx3xHxW); returns N x h x w float maps."""
+        with precision_context(self.precision, self.device):
+            out = self.net(**inputs)[self.output_blob]
+        return out.float().reshape(out.shape[0], *out.shape[-2:])
+
+    def postprocess(self, raw: torch.Tensor, size: Sequence[int]) -> np.ndarray:
+        """The net's map min-max normalised and resized to ``size``, in [0, 1]."""
+        return saliency_to_image_size(raw, size, self.resize)
+
+    # ------------------------------------------------------------ public
+    def compute_saliency(self, image: ImageLike) -> np.ndarray:
+        """Saliency map of ``image`` (path, PIL image or array): float32 HxW in [0, 1]."""
+        inputs, size = self.preprocess(image)
+        raw = self.forward({k: v[None] for k, v in inputs.items()})
+        return self.postprocess(raw[0], size)
+
+    def iter_saliency(self, images: Iterable[ImageLike], batch_size: int = 1,
+                      workers: int = 2) -> Iterator[tuple[int, np.ndarray | Exception]]:
+        """Yield ``(index, map)`` for each image, or ``(index, error)`` for one that
+        cannot be read, so one bad file does not stop the others. Images are
+        decoded and resized in ``workers`` threads ahead of the net."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+        def prepare(item):
+            try:
+                return self.preprocess(item)
+            except SaliconError as exc:
+                return exc
+
+        ahead = max(1, workers) + batch_size  # bounded read-ahead keeps memory flat
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            queue: deque = deque()
+            pending: list[tuple[int, dict, tuple]] = []
+            source = enumerate(images)
+            exhausted = False
+            while queue or not exhausted:
+                while not exhausted and len(queue) < ahead:
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                    else:
+                        queue.append((item[0], pool.submit(prepare, item[1])))
+                if not queue:
+                    break
+                index, future = queue.popleft()
+                prepared = future.result()
+                if isinstance(prepared, Exception):
+                    yield index, prepared
+                    continue
+                pending.append((index,) + prepared)
+                if len(pending) == batch_size:
+                    yield from self._run_batch(pending)
+                    pending = []
+            if pending:
+                yield from self._run_batch(pending)
+
+    def _run_batch(self, pending):
+        names = pending[0][1].keys()
+        batch = {n: torch.stack([p[1][n] for p in pending]) for n in names}
+        raw = self.forward(batch)
+        for (index, _, size), sal in zip(pending, raw):
+            yield index, self.postprocess(sal, size)
+
+    def compute_saliency_batch(self, images: Iterable[ImageLike], batch_size: int = 1) -> list[np.ndarray]:
+        """Saliency maps of many images, in order; raises on the first bad image."""
+        maps = []
+        for _, result in self.iter_saliency(images, batch_size):
+            if isinstance(result, Exception):
+                raise result
+            maps.append(result)
+        return maps
