@@ -303,9 +303,6 @@ class Net(nn.Module):
         missing = [n for n in self.input_shapes if n not in inputs]
         if missing:
             raise ValueError(f"missing input blob(s) {missing} for {self.source}")
-        batch = {int(torch.as_tensor(v).shape[0]) if torch.as_tensor(v).dim() else 1 for v in inputs.values()}
-        if len(batch) > 1:
-            raise ValueError(f"inputs have different batch sizes {sorted(batch)}")
         wanted = set(self.outputs) | set(blobs or ())
         bad = [b for b in (blobs or ()) if b not in self.blob_shapes]
         if bad:
