@@ -124,9 +124,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             if isinstance(result, Exception):
                 raise result
-            targets = {"map": outdir / stem.with_suffix(".png")}
+            targets = {"map": outdir / stem.with_name(stem.name + ".png")}
             if args.npy:
-                targets["npy"] = outdir / stem.with_suffix(".npy")
+                targets["npy"] = outdir / stem.with_name(stem.name + ".npy")
             if args.overlay:
                 targets["overlay"] = outdir / stem.with_name(stem.name + "_overlay.png")
             clash = [t for t in targets.values() if t.resolve() in inputs_resolved]
