@@ -35,10 +35,18 @@ RESIZE_METHODS = ("spline", "scipy", "bilinear")
 def spline_zoom_matrix(n_out: int, n_in: int) -> np.ndarray:
     """(n_out, n_in) float64 matrix equal to scipy.ndimage.zoom(order=3, mode='nearest')
     along one axis from n_in to n_out samples."""
-    eye = np.eye(n_in, dtype=np.float64)
-    mat = scipy.ndimage.zoom(eye, (n_out / n_in, 1.0), order=3, mode="nearest")
-    if mat.shape != (n_out, n_in):  # zoom rounds the output size; pin it
-        raise AssertionError(f"zoom gave {mat.shape}, expected {(n_out, n_in)}")
+    # Zoom the columns of an identity matrix along axis 0 (axis 1 keeps its
+    # samples exactly); in blocks, so huge images do not need an n_in^2 array.
+    mat = np.empty((n_out, n_in), dtype=np.float64)
+    block = 1024
+    for start in range(0, n_in, block):
+        stop = min(n_in, start + block)
+        eye = np.zeros((n_in, stop - start))
+        eye[np.arange(start, stop), np.arange(stop - start)] = 1.0
+        cols = scipy.ndimage.zoom(eye, (n_out / n_in, 1.0), order=3, mode="nearest")
+        if cols.shape[0] != n_out:  # zoom rounds the output size; it must be n_out
+            raise AssertionError(f"zoom gave {cols.shape[0]} rows, expected {n_out}")
+        mat[:, start:stop] = cols
     mat.setflags(write=False)
     return mat
 

@@ -397,3 +397,12 @@ def test_missing_input_and_wrong_shape_are_reported(rng):
         net()
     with pytest.raises(ValueError, match="input 'x' has shape \\(1, 3, 5, 4\\)"):
         net(x=np.zeros((1, 3, 5, 4), np.float32))
+
+
+def test_input_without_shape_and_caffe_phase_constants():
+    with pytest.raises(Exception, match="layer 'data' \\(type Input\\): input_param gives no shape"):
+        Net(parse_net_prototxt('layer { name: "data" type: "Input" top: "data" }'))
+    from salicon.proto import caffe_pb2
+    net = Net(parse_net_prototxt('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
+                                 'layer { name: "d" type: "Dropout" bottom: "x" top: "y" }'), phase=caffe_pb2.TRAIN)
+    assert net.phase == "train"

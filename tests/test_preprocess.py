@@ -10,7 +10,7 @@ from salicon.preprocess import MEAN_BGR, image_to_blob, resize_chw, saliency_to_
 
 
 @pytest.mark.parametrize("src, dst", [((600, 800), (1200, 1600)), ((37, 53), (60, 80)), ((38, 50), (600, 800)),
-                                      ((90, 120), (45, 61))])
+                                      ((90, 120), (45, 61)), ((1100, 30), (120, 160))])
 def test_spline_resize_equals_scipy_zoom(src, dst, rng):
     x = rng.uniform(-0.5, 0.5, (3,) + src)
     factors = (1.0, dst[0] / src[0], dst[1] / src[1])

@@ -108,6 +108,8 @@ class Input(Layer):
     def __init__(self, param, bottom_shapes, phase, generator=None):
         super().__init__(param, bottom_shapes, phase, generator)
         shapes = [tuple(int(d) for d in s.dim) for s in param.input_param.shape]
+        if not shapes:
+            raise self.error("input_param gives no shape; give one shape, or one per top")
         if len(shapes) == 1:
             shapes = shapes * len(param.top)
         if len(shapes) != len(param.top):

@@ -33,6 +33,7 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 PROJECT_LAYERS_DIR = Path(__file__).resolve().parents[2] / "layers"
 
 PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
+_PHASE_NAMES = {caffe_pb2.TRAIN: "train", caffe_pb2.TEST: "test"}
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class Net(nn.Module):
     """
 
     def __init__(self, prototxt: PathLike | caffe_pb2.NetParameter, weights: PathLike | None = None,
-                 phase: str = "test", *, level: int = 0, stages: Sequence[str] = (),
+                 phase: str | int = "test", *, level: int = 0, stages: Sequence[str] = (),
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  seed: int | None = None, search_path: Iterable[PathLike] = ()):
         super().__init__()
@@ -113,8 +114,9 @@ class Net(nn.Module):
             net_param = formats.read_net_prototxt(prototxt)
             search = [Path(p) for p in search_path] + [Path(prototxt).resolve().parent]
         search.append(PROJECT_LAYERS_DIR)
+        phase = _PHASE_NAMES.get(phase, phase) if isinstance(phase, int) else phase
         if phase not in PHASES:
-            raise ValueError(f"phase must be 'train' or 'test', not {phase!r}")
+            raise ValueError(f"phase must be 'train' or 'test' (or caffe's TRAIN/TEST), not {phase!r}")
         self.phase = phase
         self.net_param = net_param
         self.name = net_param.name

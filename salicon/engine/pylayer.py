@@ -169,6 +169,9 @@ class PythonLayer(Layer):
         except Exception as exc:  # a user's layer: report whatever it raised
             raise self.error(f"setup/reshape of {pp.module}.{pp.layer} failed with shapes "
                              f"{self.bottom_shapes}: {type(exc).__name__}: {exc}") from exc
+        if len(getattr(impl, "blobs", ())):
+            raise self.error(f"{pp.module}.{pp.layer} creates parameter blobs (self.blobs); Python layers "
+                             f"with learnable parameters are not supported by the PyTorch engine")
         self.top_shapes: list[Shape] = [tuple(t.shape) for t in tops]
 
     def forward(self, *bottoms):
