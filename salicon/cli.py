@@ -107,7 +107,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     inputs_resolved = {src.resolve() for src, _ in items}
     try:
-        model = Salicon(args.model, args.prototxt, device=args.device, precision=args.precision,
+        model = Salicon(args.model, args.prototxt, device=args.device, precision=args.precision, engine=args.engine,
                         input_scale=INPUT_SCALES.get(args.input_scale) or float(args.input_scale),
                         resize=args.resize)
     except (SaliconError, ValueError) as exc:
@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="trained .caffemodel (default: the shipped pretrained model)")
     p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--engine", default="auto", choices=["auto", "pytorch", "caffe"],
+                   help="pytorch (auto) or real Caffe through pycaffe (CPU; scripts/install_caffe.sh)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
                    help="numerics of the forward pass (tf32/bf16: faster on GPUs)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")

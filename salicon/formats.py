@@ -309,6 +309,24 @@ def write_caffemodel(path: PathLike, net: caffe_pb2.NetParameter,
     _atomic_write(path, out.SerializeToString())
 
 
+def write_binary(path: PathLike, msg: _message.Message) -> None:
+    """Write any message (e.g. a SolverState) as binary protobuf, atomically."""
+    _atomic_write(path, msg.SerializeToString())
+
+
+def read_solver_state(path: PathLike) -> caffe_pb2.SolverState:
+    """Read a binary .solverstate (Caffe's SolverState)."""
+    data = _read_bytes(path, ".solverstate")
+    state = caffe_pb2.SolverState()
+    try:
+        state.ParseFromString(data)
+    except _message.DecodeError as exc:
+        raise FormatError(f"{path}: not a valid .solverstate (truncated or another file type)") from exc
+    if not data:
+        raise FormatError(f"{path}: the file is empty (0 bytes), not a .solverstate")
+    return state
+
+
 def write_prototxt(path: PathLike, msg: _message.Message) -> None:
     """Write a NetParameter or SolverParameter as text."""
     _atomic_write(path, text_format.MessageToString(msg).encode("utf-8"))

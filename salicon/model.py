@@ -31,7 +31,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: Output blob read by default (the test prototxt's Sigmoid top).
 OUTPUT_BLOB = "saliency_map_out"
 PRECISIONS = ("fp32", "tf32", "bf16")
-ENGINES = ("auto", "pytorch")
+ENGINES = ("auto", "pytorch", "caffe")
 
 
 def prototxt_path(name: str = "salicon.prototxt") -> Path:
@@ -105,7 +105,8 @@ class Salicon:
             weights use 1/255, VGG-16's own convention is 1.
         resize: ``"spline"`` (published cubic zoom, fast), ``"scipy"`` (the
             published scipy.ndimage.zoom call itself) or ``"bilinear"``.
-        engine: ``"auto"`` or ``"pytorch"``.
+        engine: ``"pytorch"``, ``"caffe"`` (real pycaffe, CPU) or ``"auto"``
+            (PyTorch, the default engine).
     """
 
     def __init__(self, model: PathLike | None = None, prototxtpath: PathLike | None = None, *,
@@ -125,17 +126,25 @@ class Salicon:
                                    f"{model}; pass model=PATH.caffemodel")
         self.model_path = Path(model)
         self.prototxt_path = Path(prototxtpath) if prototxtpath is not None else prototxt_path()
-        self.device = resolve_device(device)
+        self.device = resolve_device("cpu" if engine == "caffe" and device == "auto" else device)
         self.precision = precision
         self.input_scale = float(input_scale)
         self.mean_bgr = tuple(float(m) for m in mean_bgr)
         self.resize = resize
-        net = Net(self.prototxt_path, phase="test", device=self.device)
-        net.copy_from(self.model_path, strict=True)
-        net.eval().requires_grad_(False)
-        if channels_last:
-            net.to(memory_format=torch.channels_last)
-            net.memory_format = torch.channels_last
+        self.engine = "pytorch" if engine == "auto" else engine
+        if self.engine == "caffe":
+            from .caffe_engine import CaffeNet
+            if self.device.type != "cpu":
+                raise EngineError(f"engine 'caffe' runs on the CPU only (this Caffe build is CPU_ONLY), "
+                                  f"not on {self.device}")
+            net = CaffeNet(self.prototxt_path, self.model_path)
+        else:
+            net = Net(self.prototxt_path, phase="test", device=self.device)
+            net.copy_from(self.model_path, strict=True)
+            net.eval().requires_grad_(False)
+            if channels_last:
+                net.to(memory_format=torch.channels_last)
+                net.memory_format = torch.channels_last
         self.net = net
         for name, shape in net.input_shapes.items():
             if len(shape) != 4 or shape[1] != 3:
@@ -162,8 +171,12 @@ class Salicon:
     @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Run the net on batched inputs (name -> Nx3xHxW); returns N x h x w float maps."""
-        with precision_context(self.precision, self.device):
-            out = self.net(**inputs)[self.output_blob]
+        if self.engine == "caffe":
+            arrays = {k: v.detach().cpu().float().numpy() for k, v in inputs.items()}
+            out = torch.from_numpy(self.net(**arrays)[self.output_blob])
+        else:
+            with precision_context(self.precision, self.device):
+                out = self.net(**inputs)[self.output_blob]
         return out.float().reshape(out.shape[0], *out.shape[-2:])
 
     def postprocess(self, raw: torch.Tensor, size: Sequence[int]) -> np.ndarray:

@@ -44,6 +44,16 @@ def small_train_prototxt(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_train_prototxt(tmp_path_factory) -> Path:
+    """The train net at 64x64 / 32x32 (pool5 2x2, coarse 1x1 interpolated to 2x2)."""
+    path = tmp_path_factory.mktemp("proto") / "finetune_tiny.prototxt"
+    text = (PROTOTXT / "finetune_salicon.prototxt").read_text()
+    path.write_text(edit_prototxt(text, {"1,3,1200,1600": "1,3,64,64", "1,3,600,800": "1,3,32,32",
+                                         "1,512,38,50": "1,512,2,2", "1,1,38,50": "1,1,2,2"}))
+    return path
+
+
 def randomise(net: Net, seed: int = 0) -> Net:
     """He-style random weights and small random biases, so activations stay O(1)
     through 13 conv layers at the published 1/255 input scale times 255."""

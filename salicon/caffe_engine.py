@@ -1,0 +1,103 @@
+"""The real-Caffe engine: the same prototxt, ``layers/`` modules and .caffemodel
+files, run by pycaffe (CPU).
+
+pycaffe aborts the whole process on a failed check (a wrong blob shape, an
+unknown layer), so files are validated with the project's own reader first and
+problems are reported as exceptions.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+from .engine import Net
+from .engine.net import PROJECT_LAYERS_DIR
+from .errors import EngineError
+
+PathLike = Union[str, os.PathLike]
+INSTALL_HINT = ("build it with `bash scripts/install_caffe.sh` (Debian/Ubuntu; CPU only), "
+                "or install a pycaffe built with WITH_PYTHON_LAYER=1")
+
+
+def _add_to_path(folder: Path) -> None:
+    folder = str(folder)
+    if folder not in sys.path:
+        sys.path.append(folder)
+
+
+def import_caffe():
+    """Import pycaffe in CPU mode, with the project's Python layers importable."""
+    _add_to_path(PROJECT_LAYERS_DIR)
+    os.environ.setdefault("GLOG_minloglevel", "2")  # Caffe's per-layer set-up log is noise here
+    try:
+        import caffe
+        caffe.set_mode_cpu()
+    except (ImportError, AttributeError) as exc:
+        raise EngineError(f"engine 'caffe' needs pycaffe, which cannot be imported ({exc}); "
+                          f"{INSTALL_HINT}") from None
+    return caffe
+
+
+def caffe_available() -> bool:
+    """True if pycaffe imports (without raising)."""
+    try:
+        import_caffe()
+    except EngineError:
+        return False
+    return True
+
+
+class CaffeNet:
+    """A pycaffe ``caffe.Net`` behind the surface Salicon uses.
+
+    ``net`` is the pycaffe net itself, for everything else (backward, diffs).
+    """
+
+    def __init__(self, prototxt: PathLike, weights: PathLike | None = None, phase: str = "test"):
+        caffe = import_caffe()
+        _add_to_path(Path(prototxt).resolve().parent)
+        # Validate with the project's reader: clear errors instead of an abort.
+        check = Net(prototxt, phase=phase)
+        if weights is not None:
+            check.copy_from(weights, strict=True)
+        self.input_shapes = dict(check.input_shapes)
+        self.outputs = list(check.outputs)
+        self.source = str(prototxt)
+        del check
+        mode = caffe.TEST if phase == "test" else caffe.TRAIN
+        if weights is not None:
+            self.net = caffe.Net(str(prototxt), mode, weights=str(weights))
+        else:
+            self.net = caffe.Net(str(prototxt), mode)
+
+    def set_inputs(self, **inputs: np.ndarray) -> None:
+        """Copy arrays into the input blobs, reshaping them (and the net) if needed."""
+        reshaped = False
+        for name, value in inputs.items():
+            if name not in self.input_shapes:
+                raise ValueError(f"unknown input blob '{name}'; inputs are {list(self.input_shapes)}")
+            value = np.asarray(value, dtype=np.float32)
+            blob = self.net.blobs[name]
+            if blob.data.shape != value.shape:
+                blob.reshape(*value.shape)
+                reshaped = True
+            blob.data[...] = value
+        if reshaped:
+            self.net.reshape()
+
+    def forward(self, blobs: Sequence[str] | None = None, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the net; returns copies of the outputs and of the blobs asked for."""
+        self.set_inputs(**inputs)
+        self.net.forward()
+        names = list(self.outputs) + [b for b in (blobs or ()) if b not in self.outputs]
+        return {name: np.array(self.net.blobs[name].data, copy=True) for name in names}
+
+    __call__ = forward
+
+    def save(self, path: PathLike) -> None:
+        """Write the weights with Caffe's own Net::ToProto."""
+        self.net.save(str(path))

@@ -1,0 +1,263 @@
+"""Caffe's solvers (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam) over a Net.
+
+The update follows Caffe's Solver::Step / SGDSolver::ApplyUpdate exactly,
+which is NOT PyTorch's optimiser arithmetic. Per iteration:
+
+1. ``iter_size`` forward/backward passes accumulate gradients; the loss is
+   their mean and the gradients are divided by ``iter_size``;
+2. the learning rate for the current ``iter`` from ``lr_policy``:
+   fixed: base_lr; step: base_lr * gamma^floor(iter / stepsize);
+   exp: base_lr * gamma^iter; inv: base_lr * (1 + gamma iter)^-power;
+   multistep: base_lr * gamma^(number of stepvalue entries <= iter);
+   poly: base_lr * (1 - iter / max_iter)^power;
+   sigmoid: base_lr / (1 + exp(-gamma (iter - stepsize)));
+3. ``clip_gradients`` >= 0 rescales all gradients to at most that L2 norm;
+4. per blob, decay = weight_decay * decay_mult is added (L2: g += decay w,
+   L1: g += decay sign(w)); rate = lr * lr_mult;
+5. the update value v by solver type (history h, h2 per blob):
+   SGD       h = momentum h + rate g;                        v = h
+   Nesterov  h' = momentum h + rate g;                       v = (1 + momentum) h' - momentum h
+   AdaGrad   h += g^2;                                       v = rate g / (sqrt(h) + delta)
+   RMSProp   h = rms_decay h + (1 - rms_decay) g^2;          v = rate g / (sqrt(h) + delta)
+   AdaDelta  h = m h + (1 - m) g^2; u = g sqrt((h2 + delta) / (h + delta));
+             h2 = m h2 + (1 - m) u^2;                        v = rate u
+   Adam      h = b1 h + (1 - b1) g; h2 = b2 h2 + (1 - b2) g^2;
+             v = rate sqrt(1 - b2^t) / (1 - b1^t) h / (sqrt(h2) + delta), t = iter + 1
+6. w -= v; iter += 1.
+
+Blobs with lr_mult 0 are frozen: they get no gradient and no update (in
+Caffe their update is 0 as well).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+
+from . import formats
+from .engine import Net
+from .engine.net import ParamInfo
+from .errors import FormatError
+from .proto import caffe_pb2
+
+PathLike = Union[str, os.PathLike]
+
+_LEGACY_TYPES = {caffe_pb2.SolverParameter.SGD: "SGD", caffe_pb2.SolverParameter.NESTEROV: "Nesterov",
+                 caffe_pb2.SolverParameter.ADAGRAD: "AdaGrad", caffe_pb2.SolverParameter.RMSPROP: "RMSProp",
+                 caffe_pb2.SolverParameter.ADADELTA: "AdaDelta", caffe_pb2.SolverParameter.ADAM: "Adam"}
+SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+#: Solver types that keep a second history blob per parameter.
+_TWO_HISTORIES = ("AdaDelta", "Adam")
+
+
+def _math_dtype(param: torch.Tensor) -> torch.dtype:
+    """Updates are computed in float32, or float64 for float64 parameters."""
+    return torch.promote_types(param.dtype, torch.float32)
+
+
+def solver_type(param: caffe_pb2.SolverParameter) -> str:
+    """The solver type, honouring the legacy ``solver_type`` enum."""
+    if param.HasField("type"):
+        name = param.type
+    elif param.HasField("solver_type"):
+        name = _LEGACY_TYPES[param.solver_type]
+    else:
+        name = "SGD"
+    for known in SOLVER_TYPES:  # Caffe's registry is case-sensitive; accept any case
+        if name.lower() == known.lower():
+            return known
+    raise FormatError(f"solver type '{name}' is not supported; use one of {', '.join(SOLVER_TYPES)}")
+
+
+def learning_rate(param: caffe_pb2.SolverParameter, it: int) -> float:
+    """Caffe's SGDSolver::GetLearningRate for iteration ``it``."""
+    policy, base = param.lr_policy, param.base_lr
+    if policy == "fixed":
+        return base
+    if policy == "step":
+        if param.stepsize <= 0:
+            raise FormatError("lr_policy 'step' needs a positive stepsize")
+        return base * param.gamma ** (it // param.stepsize)
+    if policy == "exp":
+        return base * param.gamma ** it
+    if policy == "inv":
+        return base * (1.0 + param.gamma * it) ** (-param.power)
+    if policy == "multistep":
+        return base * param.gamma ** sum(1 for v in param.stepvalue if it >= v)
+    if policy == "poly":
+        if param.max_iter <= 0:
+            raise FormatError("lr_policy 'poly' needs max_iter")
+        return base * (1.0 - it / param.max_iter) ** param.power
+    if policy == "sigmoid":
+        return base * (1.0 / (1.0 + math.exp(-param.gamma * (it - param.stepsize))))
+    raise FormatError(f"lr_policy '{policy}' is not supported; use one of {', '.join(LR_POLICIES)}")
+
+
+def read_solver(path: PathLike) -> caffe_pb2.SolverParameter:
+    """Read solver.prototxt and check its type and learning-rate policy."""
+    param = formats.read_solver_prototxt(path)
+    try:
+        solver_type(param)
+        learning_rate(param, 0)
+    except FormatError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    return param
+
+
+def solver_net_path(param: caffe_pb2.SolverParameter, solver_path: PathLike) -> Path | None:
+    """The train net file a solver names, resolved against the solver's folder
+    when it is not found from the working directory."""
+    name = param.net or param.train_net
+    if not name:
+        return None
+    path = Path(name)
+    if path.is_absolute() or path.exists():
+        return path
+    return Path(solver_path).resolve().parent / path
+
+
+class Solver:
+    """Caffe's solver over ``net``'s learnable blobs (those with lr_mult != 0)."""
+
+    def __init__(self, param: caffe_pb2.SolverParameter, net: Net):
+        self.param = param
+        self.net = net
+        self.type = solver_type(param)
+        learning_rate(param, 0)  # validates the policy
+        self.iter = 0
+        self.infos: list[ParamInfo] = [p for p in net.param_info() if p.lr_mult != 0]
+        frozen = {id(p.param) for p in net.param_info() if p.lr_mult == 0}
+        for p in net.parameters():
+            p.requires_grad_(id(p) not in frozen)
+        n_hist = 2 if self.type in _TWO_HISTORIES else 1
+        self.history: list[list[torch.Tensor]] = [
+            [torch.zeros_like(info.param, dtype=_math_dtype(info.param)) for info in self.infos]
+            for _ in range(n_hist)]
+
+    # ------------------------------------------------------------- stepping
+    @property
+    def lr(self) -> float:
+        return learning_rate(self.param, self.iter)
+
+    def step(self, batches: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
+             forward: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None) -> float:
+        """One iteration: forward/backward over ``iter_size`` input dicts, then update.
+
+        ``forward`` maps an input dict to the scalar objective (default: the
+        net's weighted loss). Returns the loss averaged over the passes.
+        """
+        if isinstance(batches, Mapping):
+            batches = [batches]
+        iter_size = max(1, self.param.iter_size)
+        if len(batches) != iter_size:
+            raise ValueError(f"iter_size is {iter_size} but {len(batches)} input batches were given")
+        forward = forward or (lambda feeds: self.net.objective(self.net(**feeds)))
+        for info in self.infos:
+            info.param.grad = None
+        total = 0.0
+        for feeds in batches:
+            loss = forward(feeds)
+            loss.backward()
+            total += float(loss.detach())
+        self.apply_update()
+        return total / iter_size
+
+    @torch.no_grad()
+    def apply_update(self) -> None:
+        """Caffe's ApplyUpdate on the gradients now in ``param.grad``."""
+        p = self.param
+        rate = self.lr
+        grads = [info.param.grad.to(_math_dtype(info.param)) if info.param.grad is not None
+                 else torch.zeros_like(info.param, dtype=_math_dtype(info.param)) for info in self.infos]
+        iter_size = max(1, p.iter_size)
+        if iter_size > 1:
+            grads = [g / iter_size for g in grads]
+        if p.clip_gradients >= 0:
+            norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
+            if norm > p.clip_gradients:
+                grads = [g * (p.clip_gradients / norm) for g in grads]
+        for k, (info, g) in enumerate(zip(self.infos, grads)):
+            w = info.param
+            decay = p.weight_decay * info.decay_mult
+            if decay:
+                if p.regularization_type == "L2":
+                    g = g + decay * w.to(g.dtype)
+                elif p.regularization_type == "L1":
+                    g = g + decay * torch.sign(w)
+                else:
+                    raise FormatError(f"unknown regularization_type '{p.regularization_type}'")
+            w.sub_(self._update_value(k, g, rate * info.lr_mult).to(w.dtype))
+        self.iter += 1
+
+    def _update_value(self, k: int, g: torch.Tensor, rate: float) -> torch.Tensor:
+        p, h = self.param, self.history
+        if self.type == "SGD":
+            h[0][k].mul_(p.momentum).add_(g, alpha=rate)
+            return h[0][k]
+        if self.type == "Nesterov":
+            previous = h[0][k].clone()
+            h[0][k].mul_(p.momentum).add_(g, alpha=rate)
+            return (1 + p.momentum) * h[0][k] - p.momentum * previous
+        if self.type == "AdaGrad":
+            h[0][k].add_(g * g)
+            return rate * g / (h[0][k].sqrt() + p.delta)
+        if self.type == "RMSProp":
+            h[0][k].mul_(p.rms_decay).add_(g * g, alpha=1 - p.rms_decay)
+            return rate * g / (h[0][k].sqrt() + p.delta)
+        if self.type == "AdaDelta":
+            h[0][k].mul_(p.momentum).add_(g * g, alpha=1 - p.momentum)
+            update = g * ((h[1][k] + p.delta) / (h[0][k] + p.delta)).sqrt()
+            h[1][k].mul_(p.momentum).add_(update * update, alpha=1 - p.momentum)
+            return rate * update
+        # Adam
+        t = self.iter + 1
+        h[0][k].mul_(p.momentum).add_(g, alpha=1 - p.momentum)
+        h[1][k].mul_(p.momentum2).add_(g * g, alpha=1 - p.momentum2)
+        correction = math.sqrt(1 - p.momentum2 ** t) / (1 - p.momentum ** t)
+        return rate * correction * h[0][k] / (h[1][k].sqrt() + p.delta)
+
+    # ------------------------------------------------------------ snapshots
+    def snapshot(self, prefix: PathLike) -> tuple[Path, Path]:
+        """Write ``<prefix>_iter_N.caffemodel`` and ``.solverstate`` (Caffe's names
+        and formats; the state holds iter and the history blobs)."""
+        model = Path(f"{prefix}_iter_{self.iter}.caffemodel")
+        state_path = Path(f"{prefix}_iter_{self.iter}.solverstate")
+        self.net.save(model)
+        formats.write_binary(state_path, self.state_proto(model.name))
+        return model, state_path
+
+    def state_proto(self, learned_net: str = "") -> caffe_pb2.SolverState:
+        """The solver state as Caffe's SolverState message."""
+        state = caffe_pb2.SolverState(iter=self.iter, learned_net=learned_net,
+                                      current_step=sum(1 for v in self.param.stepvalue if self.iter >= v))
+        for hist in self.history:
+            for t in hist:
+                state.history.append(formats.array_to_blob(t.detach().cpu().numpy()))
+        return state
+
+    def restore(self, state_path: PathLike, weights: PathLike | None = None) -> None:
+        """Resume from a .solverstate (and its .caffemodel, by default the one it names)."""
+        state = formats.read_solver_state(state_path)
+        n = sum(len(h) for h in self.history)
+        if len(state.history) != n:
+            raise FormatError(f"{state_path}: holds {len(state.history)} history blobs, this {self.type} "
+                              f"solver over {len(self.infos)} learnable blobs needs {n}")
+        if weights is None:
+            if not state.learned_net:
+                raise FormatError(f"{state_path}: names no learned_net; give the weights file")
+            weights = Path(state_path).resolve().parent / Path(state.learned_net).name
+        self.net.copy_from(weights, strict=True)
+        blobs = iter(state.history)
+        for hist in self.history:
+            for k, t in enumerate(hist):
+                array = formats.blob_to_array(next(blobs))
+                if array.size != t.numel():
+                    raise FormatError(f"{state_path}: history blob for '{self.infos[k].layer}' has "
+                                      f"{array.size} values, expected {t.numel()}")
+                t.copy_(torch.from_numpy(np.ascontiguousarray(array)).reshape(t.shape))
+        self.iter = state.iter
