@@ -1,20 +1,23 @@
 #!/usr/bin/env python
-"""CPU benchmark of the full-size SALICON net (1200x1600 + 600x800).
+"""CPU benchmark of the full-size SALICON net (1200x1600 + 600x800), on the
+PyTorch engine and, with --caffe, on real Caffe in the same run.
 
 Measures, each in a fresh process so peak memory is the process's own:
-  forward     the net's forward pass alone (preprocessing excluded), fp32,
-              NCHW and channels_last memory layouts, median of --repeat runs
-              after one warm-up;
+  forward     the net's forward pass alone (preprocessing excluded), fp32:
+              PyTorch with NCHW and channels_last layouts, and Caffe;
+              median of --repeat runs after one warm-up (Caffe: --caffe-repeat);
   compute_saliency
-              Salicon.compute_saliency end to end on an 800x600 JPEG (decode,
-              published preprocessing, forward, resize back), first call and
-              median of the next ones, and the peak resident set size.
+              end to end on an 800x600 JPEG (decode, preprocessing, forward,
+              resize back): Salicon on PyTorch with its defaults, and (--caffe)
+              the published OpenSALICON pipeline on Caffe: scipy.ndimage.zoom
+              resizes (resize="scipy") and pycaffe; first call, median of the
+              next ones, and the peak resident set size.
 
 Weights: both streams from the real VGG-16 conv layers when
 ../shared/weights/vgg16_conv.caffemodel exists (else random), so activations
 have realistic magnitudes. Prints a table and, with --json, writes the results.
 
-    python benchmarks/bench_cpu.py --json benchmarks/results/cpu.json
+    python benchmarks/bench_cpu.py --caffe --json benchmarks/results/cpu_2core.json
 """
 from __future__ import annotations
 
@@ -66,36 +69,69 @@ def make_inputs(workdir: Path) -> tuple[Path, Path, str]:
 def child_forward(model: str, layout: str, repeat: int) -> dict:
     import numpy as np
     import torch
-    from salicon.engine import Net
     from salicon.model import prototxt_path
 
-    net = Net(prototxt_path(), weights=model).eval().requires_grad_(False)
-    if layout == "channels_last":
-        net.to(memory_format=torch.channels_last)
-        net.memory_format = torch.channels_last
     rng = np.random.default_rng(0)
-    fine = torch.from_numpy(rng.uniform(-0.5, 0.5, (1, 3, 1200, 1600)).astype(np.float32))
-    coarse = torch.from_numpy(rng.uniform(-0.5, 0.5, (1, 3, 600, 800)).astype(np.float32))
+    fine = rng.uniform(-0.5, 0.5, (1, 3, 1200, 1600)).astype(np.float32)
+    coarse = rng.uniform(-0.5, 0.5, (1, 3, 600, 800)).astype(np.float32)
+    if layout == "caffe":
+        from salicon.caffe_engine import CaffeNet
+        net = CaffeNet(prototxt_path(), model)
+        run = lambda: net(fine_scale=fine, coarse_scale=coarse)  # noqa: E731
+    else:
+        from salicon.engine import Net
+        net = Net(prototxt_path(), weights=model).eval().requires_grad_(False)
+        if layout == "channels_last":
+            net.to(memory_format=torch.channels_last)
+            net.memory_format = torch.channels_last
+        fine, coarse = torch.from_numpy(fine), torch.from_numpy(coarse)
+        run = lambda: net(fine_scale=fine, coarse_scale=coarse)  # noqa: E731
     times = []
     with torch.inference_mode():
         for _ in range(repeat + 1):
             t = time.perf_counter()
-            net(fine_scale=fine, coarse_scale=coarse)
+            run()
             times.append(time.perf_counter() - t)
     return {"warmup_s": times[0], "median_s": float(np.median(times[1:])), "peak_rss_mb": peak_rss_mb()}
 
 
-def child_saliency(model: str, image: str, repeat: int) -> dict:
+def published_pipeline(caffe_net, image_path: str):
+    """OpenSALICON's Salicon.compute_saliency, step by step, on a pycaffe net."""
     import numpy as np
-    from salicon import Salicon
+    import scipy.ndimage
+    from PIL import Image
+
+    mean = np.array([103.939, 116.779, 123.68])[:, None, None]
+    im = np.array(Image.open(image_path), dtype=np.float32)
+    im = (np.transpose(im, (2, 0, 1))[::-1, :, :] - mean)[None] / 255
+    for name, shape in (("coarse_scale", (1, 3, 600, 800)), ("fine_scale", (1, 3, 1200, 1600))):
+        factors = tuple(np.array(shape, dtype=np.float32) / np.asarray(im.shape, dtype=np.float32))
+        caffe_net.blobs[name].data[...] = scipy.ndimage.zoom(im, factors, np.dtype(np.float32), mode="nearest")
+    caffe_net.forward()
+    sal = caffe_net.blobs["saliency_map_out"].data[0, 0]
+    sal = sal - np.amin(sal)
+    sal = sal / np.amax(sal)
+    factors = tuple(np.asarray(im.shape[2:], dtype=np.float32) / np.asarray(sal.shape, dtype=np.float32))
+    return scipy.ndimage.zoom(sal, factors, np.dtype(np.float32), mode="nearest")
+
+
+def child_saliency(model: str, image: str, engine: str, repeat: int) -> dict:
+    import numpy as np
 
     t = time.perf_counter()
-    sal = Salicon(model, device="cpu")
+    if engine == "caffe":
+        from salicon.caffe_engine import CaffeNet
+        from salicon.model import prototxt_path
+        net = CaffeNet(prototxt_path(), model).net
+        compute = lambda: published_pipeline(net, image)  # noqa: E731
+    else:
+        from salicon import Salicon
+        compute = Salicon(model, device="cpu").compute_saliency
     load_s = time.perf_counter() - t
     times = []
     for _ in range(repeat + 1):
         t = time.perf_counter()
-        out = sal.compute_saliency(image)
+        out = compute(image) if engine != "caffe" else compute()
         times.append(time.perf_counter() - t)
     assert out.shape == (600, 800)
     return {"load_s": load_s, "first_s": times[0], "median_s": float(np.median(times[1:])),
@@ -126,14 +162,18 @@ def machine() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs after the warm-up")
+    parser.add_argument("--repeat", type=int, default=3, help="timed PyTorch runs after the warm-up")
+    parser.add_argument("--caffe", action="store_true", help="also measure real Caffe (pycaffe)")
+    parser.add_argument("--caffe-repeat", type=int, default=1, help="timed Caffe runs after the warm-up")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        result = child_forward(rest[0], rest[1], args.repeat) if kind == "forward" else \
-            child_saliency(rest[0], rest[1], args.repeat)
+        if kind == "forward":
+            result = child_forward(rest[0], rest[1], args.repeat)
+        else:
+            result = child_saliency(rest[0], rest[1], rest[2], args.repeat)
         print(json.dumps(result))
         return 0
 
@@ -142,18 +182,33 @@ def main() -> int:
         results = {"machine": machine(), "weights": source, "repeat": args.repeat}
         for layout in ("nchw", "channels_last"):
             results[f"forward_{layout}"] = run_child("forward", str(model), layout, "--repeat", str(args.repeat))
-        results["compute_saliency"] = run_child("saliency", str(model), str(image), "--repeat", str(args.repeat))
+        results["compute_saliency"] = run_child("saliency", str(model), str(image), "pytorch",
+                                                "--repeat", str(args.repeat))
+        if args.caffe:
+            results["caffe_repeat"] = args.caffe_repeat
+            results["forward_caffe"] = run_child("forward", str(model), "caffe", "--repeat", str(args.caffe_repeat))
+            results["compute_saliency_caffe_published"] = run_child(
+                "saliency", str(model), str(image), "caffe", "--repeat", str(args.caffe_repeat))
 
     m = results["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)")
     print(f"weights: {source}")
-    print(f"{'measurement':38s} {'time (s)':>10s} {'peak RSS (GB)':>14s}")
-    for layout in ("nchw", "channels_last"):
-        r = results[f"forward_{layout}"]
-        print(f"{'forward fp32, ' + layout + ' (median)':38s} {r['median_s']:10.2f} {r['peak_rss_mb'] / 1024:14.2f}")
-    r = results["compute_saliency"]
-    print(f"{'compute_saliency 800x600 (first call)':38s} {r['first_s']:10.2f}")
-    print(f"{'compute_saliency 800x600 (median)':38s} {r['median_s']:10.2f} {r['peak_rss_mb'] / 1024:14.2f}")
+    print(f"{'measurement':52s} {'time (s)':>9s} {'peak RSS (GB)':>14s}")
+    rows = [("forward, PyTorch fp32 NCHW", "forward_nchw"),
+            ("forward, PyTorch fp32 channels_last", "forward_channels_last"),
+            ("forward, Caffe", "forward_caffe"),
+            ("compute_saliency, PyTorch engine (defaults)", "compute_saliency"),
+            ("compute_saliency, published pipeline on Caffe", "compute_saliency_caffe_published")]
+    for label, key in rows:
+        if key in results:
+            r = results[key]
+            print(f"{label:52s} {r['median_s']:9.2f} {r['peak_rss_mb'] / 1024:14.2f}")
+    if args.caffe:
+        f, c = results["forward_channels_last"], results["forward_caffe"]
+        s, p = results["compute_saliency"], results["compute_saliency_caffe_published"]
+        print(f"forward: PyTorch takes {f['median_s'] / c['median_s']:.3f} of Caffe's time; "
+              f"compute_saliency: {s['median_s'] / p['median_s']:.3f} of the time and "
+              f"{s['peak_rss_mb'] / p['peak_rss_mb']:.3f} of the peak memory")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

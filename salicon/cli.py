@@ -173,6 +173,41 @@ def cmd_init_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ train
+
+
+def _parse_duration(text: str) -> float:
+    """'9000', '90s', '45m', '2.5h' -> seconds."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 9000, 90s, 45m, 2.5h)") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .model import prototxt_path
+    from .train import TrainConfig, TrainingError, train
+
+    config = TrainConfig(
+        data=args.data, out=args.out, solver=args.solver or str(prototxt_path("solver.prototxt")),
+        prototxt=args.prototxt, weights=args.weights, resume=args.resume, time_limit=args.time_limit,
+        max_iter=args.max_iter, device=args.device, precision=args.precision, seed=args.seed,
+        test=args.test, input_scale=INPUT_SCALES.get(args.input_scale) or float(args.input_scale),
+        sigma=args.sigma, workers=args.workers, snapshot=args.snapshot, split=args.split, maps=args.maps,
+        engine=args.engine)
+    try:
+        train(config, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    except (SaliconError, DataError, TrainingError, ValueError, OSError) as exc:
+        _error(str(exc))
+        return 1
+    return 0
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -211,6 +246,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", help="fine-tune SALICON on eye-tracking data",
+                       description="Fine-tune with Caffe's solver semantics: one solver step per image, a new "
+                                   "random order every epoch, a seeded held-out split (OUT/split.json), "
+                                   "snapshots (.caffemodel + .solverstate) at the solver's interval and at the "
+                                   "end, a time limit, Ctrl-C stops cleanly with a snapshot. Writes "
+                                   "OUT/log.jsonl and OUT/loss.png.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True,
+                   help="an OSIE folder (stimuli/ + fixations.mat), a folder with images/ and maps/, or an "
+                        "image folder with --maps")
+    p.add_argument("--maps", help="fixation-map folder (same base names as the images)")
+    p.add_argument("--out", required=True, help="output folder (snapshots, split, log)")
+    p.add_argument("--solver", help="solver prototxt (default: prototxt/solver.prototxt)")
+    p.add_argument("--prototxt", help="train net (default: the solver's `net`)")
+    p.add_argument("--weights", help="start from this .caffemodel (untrained.caffemodel from init-weights, "
+                                     "or a trained model to fine-tune)")
+    p.add_argument("--resume", metavar="STATE", help="continue from a .solverstate")
+    p.add_argument("--time-limit", type=_parse_duration, default=2.5 * 3600,
+                   help="stop after this long (seconds, or with s/m/h)")
+    p.add_argument("--max-iter", type=int, help="stop after this many iterations (default: the solver's)")
+    p.add_argument("--snapshot", type=int, help="snapshot interval in iterations (default: the solver's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--engine", default="auto", choices=["auto", "pytorch", "caffe"],
+                   help="pytorch (auto), or real Caffe's own solver through pycaffe (CPU)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="numerics of the forward/backward passes (bf16: autocast, GPUs)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the image order and fillers")
+    p.add_argument("--test", type=float, default=0.1, help="held-out images: a count, or a fraction if < 1")
+    p.add_argument("--split", help="reuse this split.json instead of drawing one")
+    p.add_argument("--input-scale", default="published",
+                   help="'published' (1/255), 'vgg' (1) or a number")
+    p.add_argument("--sigma", type=float, default=24.0, help="fixation-map blur (px) for fixation points")
+    p.add_argument("--workers", type=int, help="data preparation threads (default: cores, at most 8)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("init-weights", help="make an untrained model from VGG-16 conv weights",
                        description="Copy VGG-16's conv1_1..conv5_3 into both streams of the SALICON net "

@@ -149,7 +149,8 @@ class Solver:
         """One iteration: forward/backward over ``iter_size`` input dicts, then update.
 
         ``forward`` maps an input dict to the scalar objective (default: the
-        net's weighted loss). Returns the loss averaged over the passes.
+        net's weighted loss). Returns the loss averaged over the passes. A NaN or
+        infinite loss raises FloatingPointError and leaves the weights unchanged.
         """
         if isinstance(batches, Mapping):
             batches = [batches]
@@ -164,6 +165,10 @@ class Solver:
             loss = forward(feeds)
             loss.backward()
             total += float(loss.detach())
+        if not math.isfinite(total):
+            for info in self.infos:  # no update: the weights stay the last good ones
+                info.param.grad = None
+            raise FloatingPointError(f"loss is {total / iter_size} at iteration {self.iter}")
         self.apply_update()
         return total / iter_size
 

@@ -1,7 +1,12 @@
-"""Pictures of saliency maps: 8-bit grayscale, heatmap overlays, thresholding."""
+"""Pictures: saliency maps as 8-bit grayscale, heatmap overlays, thresholds,
+and the loss curve of a training run."""
 from __future__ import annotations
 
+import os
+from typing import Sequence, Union
+
 import numpy as np
+from PIL import Image, ImageDraw
 
 
 def threshold_map(saliency_map: np.ndarray, threshold: float) -> np.ndarray:
@@ -37,3 +42,46 @@ def overlay(image_rgb: np.ndarray, saliency_map: np.ndarray, alpha: float = 0.5)
     weight = alpha * np.clip(saliency_map, 0.0, 1.0)[..., None] ** 0.5
     out = image_rgb.astype(np.float32) * (1.0 - weight) + heat * weight
     return np.round(np.clip(out, 0, 255)).astype(np.uint8)
+
+
+def plot_loss_curve(history: Sequence[dict], path: Union[str, os.PathLike], size=(800, 450)) -> None:
+    """Draw training loss (per logged iteration) and validation loss (per
+    epoch) against iterations, as a PNG (log-scaled loss axis)."""
+    train = [(r["iter"], r["loss"]) for r in history if r.get("event") == "train" and np.isfinite(r["loss"])]
+    val = [(r["iter"], r["val_loss"]) for r in history
+           if r.get("event") in ("epoch", "end") and r.get("val_loss") is not None]
+    points = [v for _, v in train + val if v > 0]
+    if not points:
+        raise ValueError("nothing to plot")
+    w, h = size
+    left, right, top, bottom = 70, 20, 30, 45
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    x_max = max(1, max(i for i, _ in train + val))
+    lo, hi = np.log10(min(points)), np.log10(max(points))
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.5, hi + 0.5
+
+    def xy(it, value):
+        x = left + (w - left - right) * it / x_max
+        y = top + (h - top - bottom) * (1 - (np.log10(max(value, 1e-300)) - lo) / (hi - lo))
+        return x, y
+
+    draw.rectangle([left, top, w - right, h - bottom], outline="black")
+    for k in range(5):
+        value = 10 ** (lo + (hi - lo) * k / 4)
+        x, y = xy(0, value)
+        draw.line([left - 4, y, left, y], fill="black")
+        draw.text((5, y - 6), f"{value:.3g}", fill="black")
+        it = x_max * k / 4
+        x, _ = xy(it, 1.0)
+        draw.line([x, h - bottom, x, h - bottom + 4], fill="black")
+        draw.text((x - 10, h - bottom + 8), f"{int(it)}", fill="black")
+    draw.text((w // 2 - 30, h - 18), "iteration", fill="black")
+    if len(train) > 1:
+        draw.line([xy(i, v) for i, v in train], fill=(31, 119, 180), width=2)
+    for i, v in val:
+        x, y = xy(i, v)
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(214, 39, 40))
+    draw.text((left + 10, 8), "training loss (blue), validation loss (red)", fill="black")
+    img.save(path)

@@ -7,6 +7,7 @@ they skip, except the test of the error that says how to install it.
 from __future__ import annotations
 
 import copy
+import os
 import sys
 
 import numpy as np
@@ -23,8 +24,26 @@ from salicon.weights import init_from_vgg16
 
 from .conftest import PROTOTXT, VGG16, randomise
 
+CAFFE_REQUIRED = os.environ.get("SALICON_REQUIRE_CAFFE") == "1"  # set by CI, which builds pycaffe
+if CAFFE_REQUIRED and not caffe_available():
+    raise RuntimeError("SALICON_REQUIRE_CAFFE=1 but pycaffe does not import; run scripts/install_caffe.sh")
 needs_caffe = pytest.mark.skipif(not caffe_available(),
                                  reason="pycaffe not importable; build it with scripts/install_caffe.sh")
+
+
+def _available_memory_gb() -> float:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        pass
+    return float("inf")
+
+
+# Real Caffe needs about 19 GB for the full-size net (per-layer im2col buffers).
+needs_caffe_memory = pytest.mark.skipif(_available_memory_gb() < 20,
+                                        reason="the full-size Caffe net needs about 19 GB of free memory")
 needs_vgg = pytest.mark.skipif(not VGG16.exists(), reason=f"VGG-16 weights not found at {VGG16}")
 
 BLOBS = ["pool5", "sec_pool5", "interpolated_data", "concat", "saliency_map"]
@@ -75,6 +94,7 @@ def test_small_net_real_vgg_weights(tmp_path, small_prototxt, small_train_protot
 
 @needs_caffe
 @needs_vgg
+@needs_caffe_memory
 @pytest.mark.slow
 def test_full_size_net_real_vgg_weights(tmp_path, rng):
     net, _ = init_from_vgg16(VGG16, seed=0)

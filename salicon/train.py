@@ -1,0 +1,381 @@
+"""Fine-tuning as in OpenSALICON's finetune_salicon.py, made dependable.
+
+One solver step per image (batch size 1, gradients per image as the SALICON
+authors did), a new random order of the training images every epoch, a seeded
+held-out split written next to the snapshots, a time limit (2.5 h by default,
+as in the report), snapshots at the solver's interval and at the end
+(.caffemodel + .solverstate, resumable exactly), a validation loss every epoch,
+a JSON-lines log and a loss-curve picture.
+
+Images are held in memory as decoded uint8 at their own size and resized to
+the net's input sizes on the compute device at every step, with the same
+spline resize as inference.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence, Union
+
+import numpy as np
+import torch
+
+from . import formats
+from .data import OSIE_SIGMA, PreparedSample, open_dataset, prepare, split_names
+from .engine import Net
+from .errors import SaliconError
+from .model import precision_context, prototxt_path, resolve_device
+from .preprocess import PUBLISHED_INPUT_SCALE, image_to_blob, resize_chw
+from .solver import Solver, learning_rate, read_solver, solver_net_path
+
+PathLike = Union[str, os.PathLike]
+TARGET_BLOB = "ground_truth"
+
+
+class TrainingError(SaliconError):
+    """Training stopped (NaN loss, bad configuration)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; written to ``out/config.json``."""
+
+    data: str
+    out: str
+    solver: str = str(prototxt_path("solver.prototxt"))
+    prototxt: str | None = None          # default: the solver's `net`
+    weights: str | None = None           # .caffemodel to start from
+    resume: str | None = None            # .solverstate to continue
+    time_limit: float = 2.5 * 3600       # seconds
+    max_iter: int | None = None          # default: the solver's max_iter, if set
+    device: str = "auto"
+    precision: str = "fp32"
+    seed: int = 0
+    test: float = 0.1                    # held-out images: a count, or a fraction if < 1
+    input_scale: float = PUBLISHED_INPUT_SCALE
+    sigma: float = OSIE_SIGMA
+    workers: int | None = None
+    snapshot: int | None = None          # default: the solver's snapshot interval
+    split: str | None = None             # a split.json to reuse instead of drawing one
+    maps: str | None = None              # fixation-map folder, when `data` is an image folder
+    engine: str = "auto"                 # "pytorch" (auto) or "caffe" (pycaffe's own solver, CPU)
+
+
+@dataclass
+class TrainResult:
+    iterations: int
+    seconds: float
+    stop_reason: str
+    final_model: Path
+    final_state: Path
+    train_loss: float
+    val_loss: float | None
+    log: Path
+    history: list = field(default_factory=list)
+
+
+class _Interrupt:
+    """Turns Ctrl-C into a flag checked between steps (a clean final snapshot)."""
+
+    def __init__(self):
+        self.hit = False
+        self._old = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            self.hit = True
+        try:
+            self._old = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Trainer:
+    """Runs one fine-tuning job described by a :class:`TrainConfig`."""
+
+    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print):
+        self.config = config
+        self.say = log
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.solver_param = read_solver(config.solver)
+        if config.snapshot is not None:
+            self.solver_param.snapshot = config.snapshot
+        net_path = Path(config.prototxt) if config.prototxt else solver_net_path(self.solver_param, config.solver)
+        if net_path is None:
+            net_path = prototxt_path("finetune_salicon.prototxt")
+        self.net_path = net_path
+        if config.engine not in ("auto", "pytorch", "caffe"):
+            raise TrainingError(f"engine must be auto, pytorch or caffe, not {config.engine!r}")
+        self.engine = "pytorch" if config.engine == "auto" else config.engine
+        self.device = resolve_device("cpu" if self.engine == "caffe" else config.device)
+        self.net = Net(net_path, phase="train", device=self.device, seed=config.seed)
+        self.inputs = {n: s for n, s in self.net.input_shapes.items() if n != TARGET_BLOB}
+        if TARGET_BLOB not in self.net.input_shapes:
+            raise TrainingError(f"{net_path}: the train net needs an input blob '{TARGET_BLOB}'")
+        self.target_size = tuple(self.net.input_shapes[TARGET_BLOB][-2:])
+        if config.weights and not config.resume:
+            self.net.copy_from(config.weights, strict=False)
+        self.prefix = self.out / (Path(self.solver_param.snapshot_prefix or "salicon").name)
+        self.loss_tops = dict(self.net.loss_weights)
+        if self.engine == "caffe":
+            self.backend = _CaffeBackend(self, net_path)
+            del self.net
+        else:
+            if self.device.type == "cuda":
+                self.net.to(memory_format=torch.channels_last)
+                self.net.memory_format = torch.channels_last
+            self.backend = _TorchBackend(self)
+        if config.resume:
+            self.backend.restore(config.resume)
+
+    # ------------------------------------------------------------- data
+    def load_data(self) -> tuple[list[PreparedSample], list[PreparedSample]]:
+        cfg = self.config
+        dataset = open_dataset(cfg.data, cfg.maps, sigma=cfg.sigma)
+        split_file = Path(cfg.split) if cfg.split else self.out / "split.json"
+        if split_file.exists():
+            split = json.loads(split_file.read_text())
+            train_names, test_names = split["train"], split["test"]
+            unknown = sorted(set(train_names + test_names) - set(dataset.names()))
+            if unknown:
+                raise TrainingError(f"{split_file}: names not in {cfg.data}: {', '.join(unknown[:10])}")
+        else:
+            train_names, test_names = split_names(dataset.names(), cfg.test, cfg.seed)
+            formats._atomic_write(split_file, json.dumps({"seed": cfg.seed, "train": train_names,
+                                                          "test": test_names}, indent=1).encode())
+        wanted = set(train_names) | set(test_names)
+        samples = [s for s in dataset.samples if s.name in wanted]
+        start = time.perf_counter()
+        prepared = {p.name: p for p in prepare(samples, self.target_size, cfg.sigma, workers=cfg.workers)}
+        self.say(f"prepared {len(prepared)} images in {time.perf_counter() - start:.1f} s "
+                 f"({len(train_names)} train, {len(test_names)} held out; split in {split_file})")
+        return [prepared[n] for n in train_names], [prepared[n] for n in test_names]
+
+    def feeds(self, sample: PreparedSample) -> dict[str, torch.Tensor]:
+        """Net inputs for one sample: the image at each input size, and the target."""
+        rgb = torch.from_numpy(sample.image).to(self.device, non_blocking=True)
+        blob = image_to_blob(rgb, self.config.input_scale)
+        feeds = {name: resize_chw(blob, shape[-2:], "spline")[None] for name, shape in self.inputs.items()}
+        target = torch.from_numpy(sample.target).to(self.device)
+        feeds[TARGET_BLOB] = target.reshape(1, 1, *target.shape)
+        return feeds
+
+    @torch.no_grad()
+    def validation_loss(self, samples: Sequence[PreparedSample]) -> float | None:
+        if not samples:
+            return None
+        return sum(self.backend.loss(self.feeds(sample)) for sample in samples) / len(samples)
+
+    # ------------------------------------------------------------- loop
+    def run(self, progress: bool = True) -> TrainResult:
+        cfg = self.config
+        train, test = self.load_data()
+        if not train:
+            raise TrainingError("no training images")
+        (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        log_path = self.out / "log.jsonl"
+        max_iter = cfg.max_iter if cfg.max_iter is not None else (self.solver_param.max_iter or None)
+        n = len(train)
+        display = max(1, self.solver_param.display or 20)
+        snapshot_every = self.solver_param.snapshot
+        start = time.perf_counter()
+        deadline = start + cfg.time_limit
+        history: list[dict] = []
+        recent: list[float] = []
+        stop_reason = "time limit"
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=max_iter, initial=self.backend.iter, unit="step", dynamic_ncols=True)
+        order, order_epoch = None, -1
+        first_iter = self.backend.iter
+        last_snapshot = None
+        train_loss = float("nan")
+        with open(log_path, "a") as log, _Interrupt() as interrupt:
+            while True:
+                it = self.backend.iter
+                if max_iter is not None and it >= max_iter:
+                    stop_reason = "max_iter"
+                    break
+                if time.perf_counter() >= deadline:
+                    stop_reason = "time limit"
+                    break
+                if interrupt.hit:
+                    stop_reason = "interrupted"
+                    break
+                epoch, pos = divmod(it, n)
+                if epoch != order_epoch:  # a new random order each epoch, a function of (seed, epoch)
+                    order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+                    order_epoch = epoch
+                    if pos == 0 and epoch > 0:
+                        val = self.validation_loss(test)
+                        record = {"event": "epoch", "epoch": epoch, "iter": it, "val_loss": val,
+                                  "time": time.perf_counter() - start}
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                        history.append(record)
+                        self.say(f"epoch {epoch} done at iter {it}: validation loss "
+                                 f"{val if val is None else round(val, 4)}")
+                sample = train[order[pos]]
+                feeds = self.feeds(sample)
+                try:
+                    loss = self.backend.step(feeds)
+                except FloatingPointError as exc:
+                    stop_reason = f"non-finite loss ({exc})"
+                    break
+                train_loss = loss
+                recent.append(loss)
+                recent = recent[-display:]
+                if self.backend.iter % display == 0 or self.backend.iter == 1:
+                    elapsed = time.perf_counter() - start
+                    rate = (self.backend.iter - first_iter) / max(elapsed, 1e-9)
+                    record = {"event": "train", "iter": self.backend.iter, "loss": float(np.mean(recent)),
+                              "lr": learning_rate(self.solver_param, self.backend.iter - 1), "img_per_s": rate,
+                              "time": elapsed, "image": sample.name}
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    history.append(record)
+                    if bar is not None:
+                        remaining = deadline - time.perf_counter()
+                        bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2g}",
+                                        img_s=f"{rate:.2f}", left=_hms(remaining))
+                if bar is not None:
+                    bar.update(1)
+                if snapshot_every and self.backend.iter % snapshot_every == 0:
+                    last_snapshot = self.backend.snapshot(self.prefix)
+        if bar is not None:
+            bar.close()
+        failed = stop_reason.startswith("non-finite")
+        if failed and not self.backend.keeps_weights_on_nan:
+            if last_snapshot is None:
+                raise TrainingError(f"{stop_reason} at iteration {self.backend.iter}, before any snapshot")
+            model, state = last_snapshot
+        else:
+            model, state = self.backend.snapshot(self.prefix)
+        val = self.validation_loss(test) if not failed else None
+        seconds = time.perf_counter() - start
+        record = {"event": "end", "iter": self.backend.iter, "reason": stop_reason, "val_loss": val,
+                  "time": seconds, "model": model.name}
+        with open(log_path, "a") as log:
+            log.write(json.dumps(record) + "\n")
+        history.append(record)
+        try:
+            from .visualize import plot_loss_curve
+            plot_loss_curve(history, self.out / "loss.png")
+        except (OSError, ValueError):
+            pass
+        self.say(f"stopped after {self.backend.iter} iterations ({stop_reason}), {seconds:.0f} s; "
+                 f"validation loss {val if val is None else round(val, 4)}; wrote {model} and {state}")
+        if failed:
+            raise TrainingError(f"training stopped: {stop_reason}; the last good weights are in {model}")
+        return TrainResult(self.backend.iter, seconds, stop_reason, model, state, train_loss, val, log_path,
+                           history)
+
+
+class _TorchBackend:
+    """Steps on the PyTorch engine with the project's Caffe-exact solver."""
+
+    #: A non-finite loss is caught before the update, so the weights stay good.
+    keeps_weights_on_nan = True
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.net = trainer.net
+        self.solver = Solver(trainer.solver_param, trainer.net)
+
+    @property
+    def iter(self) -> int:
+        return self.solver.iter
+
+    def _objective(self, feeds) -> torch.Tensor:
+        with precision_context(self.trainer.config.precision, self.trainer.device):
+            return self.net.objective(self.net(**feeds))
+
+    def step(self, feeds) -> float:
+        return self.solver.step(feeds, forward=self._objective)
+
+    @torch.no_grad()
+    def loss(self, feeds) -> float:
+        return float(self._objective(feeds))
+
+    def snapshot(self, prefix):
+        return self.solver.snapshot(prefix)
+
+    def restore(self, state):
+        self.solver.restore(state)
+
+
+class _CaffeBackend:
+    """Steps on real Caffe: pycaffe's own solver, fed blob by blob (CPU)."""
+
+    #: Caffe applies the update before the loss can be checked.
+    keeps_weights_on_nan = False
+
+    def __init__(self, trainer: Trainer, net_path: Path):
+        from .caffe_engine import import_caffe
+        caffe = import_caffe()
+        param = formats.caffe_pb2.SolverParameter()
+        param.CopyFrom(trainer.solver_param)
+        param.ClearField("train_net")
+        param.net = str(Path(net_path).resolve())  # Caffe resolves paths from the working directory
+        param.snapshot_prefix = str(trainer.prefix.resolve())
+        param.snapshot = 0  # snapshots are taken by the loop
+        param.solver_mode = formats.caffe_pb2.SolverParameter.CPU
+        path = trainer.out / "caffe_solver.prototxt"
+        formats.write_prototxt(path, param)
+        self.loss_tops = trainer.loss_tops
+        self.solver = caffe.get_solver(str(path))
+        if trainer.config.weights and not trainer.config.resume:
+            self.solver.net.copy_from(str(trainer.config.weights))
+
+    @property
+    def iter(self) -> int:
+        return int(self.solver.iter)
+
+    def _set(self, feeds) -> None:
+        for name, value in feeds.items():
+            self.solver.net.blobs[name].data[...] = value.detach().float().cpu().numpy()
+
+    def step(self, feeds) -> float:
+        self._set(feeds)
+        self.solver.step(1)
+        loss = self._weighted(self.solver.net.blobs)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at iteration {self.iter - 1}")
+        return loss
+
+    def loss(self, feeds) -> float:
+        self._set(feeds)
+        self.solver.net.forward()
+        return self._weighted(self.solver.net.blobs)
+
+    def _weighted(self, blobs) -> float:
+        return sum(w * float(np.sum(blobs[name].data)) for name, w in self.loss_tops.items())
+
+    def snapshot(self, prefix):
+        self.solver.snapshot()  # Caffe names them <prefix>_iter_N.caffemodel / .solverstate
+        return (Path(f"{prefix}_iter_{self.iter}.caffemodel"), Path(f"{prefix}_iter_{self.iter}.solverstate"))
+
+    def restore(self, state):
+        self.solver.restore(str(state))
+
+
+def _hms(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    """Run a fine-tuning job (see :class:`TrainConfig`)."""
+    return Trainer(config, log).run(progress)

@@ -1,0 +1,173 @@
+"""Fine-tuning: the loss goes down, resuming is exact, limits are honoured and
+bad data is reported before training starts."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from salicon import formats
+from salicon.cli import main
+from salicon.data import DataError
+from salicon.engine import Net
+from salicon.train import TrainConfig, Trainer, TrainingError, train
+
+from .conftest import randomise
+
+SOLVER = """
+net: "{net}"
+base_lr: {lr}
+lr_policy: "step"
+gamma: 0.5
+stepsize: 40
+momentum: 0.9
+weight_decay: 0.0005
+display: 2
+snapshot: {snapshot}
+snapshot_prefix: "salicon"
+"""
+
+
+def make_data(root, n=5, size=(48, 64), seed=0):
+    """Random textures with a bright disc; the fixation map peaks on the disc."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "maps").mkdir()
+    yy, xx = np.mgrid[:size[0], :size[1]]
+    for i in range(n):
+        cy, cx = rng.integers(10, size[0] - 10), rng.integers(10, size[1] - 10)
+        img = rng.integers(0, 120, size + (3,)).astype(np.uint8)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 36
+        img[disc] = 255
+        fmap = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 6.0 ** 2))
+        Image.fromarray(img).save(root / "images" / f"im{i}.jpg", quality=95)
+        Image.fromarray(np.round(fmap * 255).astype(np.uint8)).save(root / "maps" / f"im{i}.png")
+    return root
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_train_prototxt):
+    data = make_data(tmp_path / "data")
+    weights = tmp_path / "init.caffemodel"
+    randomise(Net(tiny_train_prototxt, phase="train"), seed=1).save(weights)
+
+    def config(out, lr=1e-3, snapshot=0, **kw):
+        solver = tmp_path / f"solver_{lr}_{snapshot}.prototxt"
+        solver.write_text(SOLVER.format(net=tiny_train_prototxt, lr=lr, snapshot=snapshot))
+        kw.setdefault("input_scale", 1 / 255)
+        return TrainConfig(data=str(data), out=str(tmp_path / out), solver=str(solver), weights=str(weights),
+                           device="cpu", test=1, seed=3, **kw)
+    return config
+
+
+def test_loss_goes_down(setup):
+    cfg = setup("run", max_iter=60)
+    trainer = Trainer(cfg, log=lambda m: None)
+    train_set, test_set = trainer.load_data()
+    before = np.mean([trainer.backend.loss(trainer.feeds(s)) for s in train_set])
+    result = trainer.run(progress=False)
+    after = np.mean([trainer.backend.loss(trainer.feeds(s)) for s in train_set])
+    assert result.iterations == 60 and result.stop_reason == "max_iter"
+    assert after < 0.8 * before
+    out = trainer.out
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["test"]) == 1 and len(split["train"]) == 4 and not set(split["test"]) & set(split["train"])
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any(r["event"] == "epoch" and r["val_loss"] is not None for r in records)
+    assert records[-1]["event"] == "end" and records[-1]["iter"] == 60
+    assert {"loss", "lr", "img_per_s"} <= set(next(r for r in records if r["event"] == "train"))
+    assert (out / "salicon_iter_60.caffemodel").exists() and (out / "salicon_iter_60.solverstate").exists()
+    assert Image.open(out / "loss.png").size == (800, 450)
+
+
+def test_resume_reproduces_the_uninterrupted_run(setup):
+    straight = train(setup("straight", max_iter=10), progress=False, log=lambda m: None)
+    first = train(setup("resumed", max_iter=4), progress=False, log=lambda m: None)
+    assert first.final_state.name == "salicon_iter_4.solverstate"
+    resumed = train(setup("resumed", max_iter=10, resume=str(first.final_state)), progress=False,
+                    log=lambda m: None)
+    assert resumed.iterations == 10
+    a = formats.load_caffemodel_arrays(straight.final_model)
+    b = formats.load_caffemodel_arrays(resumed.final_model)
+    assert a.keys() == b.keys()
+    for name in a:
+        for x, y in zip(a[name], b[name]):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_time_limit_is_honoured(setup):
+    start = time.perf_counter()
+    result = train(setup("timed", time_limit=2.0), progress=False, log=lambda m: None)
+    assert result.stop_reason == "time limit" and result.iterations > 0
+    per_step = result.seconds / result.iterations
+    assert time.perf_counter() - start < 2.0 + 10 * per_step + 15  # data preparation and the final snapshot
+
+
+def test_periodic_snapshots(setup):
+    result = train(setup("snaps", max_iter=6, snapshot=2), progress=False, log=lambda m: None)
+    out = result.final_model.parent
+    assert sorted(p.name for p in out.glob("*.caffemodel")) == [f"salicon_iter_{i}.caffemodel" for i in (2, 4, 6)]
+
+
+def test_non_finite_loss_stops_and_keeps_good_weights(setup):
+    with pytest.raises(TrainingError, match="non-finite loss") as err:
+        train(setup("nan", lr=1e12, max_iter=50), progress=False, log=lambda m: None)
+    model = err.value.args[0].rsplit(" ", 1)[-1]
+    for blobs in formats.load_caffemodel_arrays(model).values():
+        for b in blobs:
+            assert np.isfinite(b).all()
+
+
+def test_bad_data_is_listed_at_once(tmp_path, setup):
+    data = make_data(tmp_path / "bad", n=4)
+    (data / "images" / "im0.jpg").rename(data / "images" / "orphan.jpg")     # image without map, map without image
+    (data / "images" / "im1.jpg").write_bytes(b"not a jpeg")                   # unreadable
+    Image.new("L", (10, 10)).save(data / "maps" / "im2.png")                   # wrong size
+    cfg = setup("x")
+    cfg.data = str(data)
+    with pytest.raises(DataError) as err:
+        Trainer(cfg, log=lambda m: None).load_data()
+    message = str(err.value)
+    assert "orphan.jpg: no fixation map" in message and "im0.png: no image" in message
+    (data / "images" / "orphan.jpg").rename(data / "images" / "im0.jpg")
+    with pytest.raises(DataError) as err:
+        Trainer(cfg, log=lambda m: None).load_data()
+    message = str(err.value)
+    assert message.startswith("2 problem(s)")
+    assert "im1.jpg" in message and "im2.png: fixation map is 10x10 but its image im2.jpg is 64x48" in message
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "maps").mkdir()
+    cfg.data = str(empty)
+    with pytest.raises(DataError, match="no image files"):
+        Trainer(cfg, log=lambda m: None).load_data()
+
+
+def test_cli_train_and_finetune_script(setup, tmp_path):
+    cfg = setup("cli")
+    code = main(["train", "--data", cfg.data, "--out", cfg.out, "--solver", cfg.solver, "--weights", cfg.weights,
+                 "--max-iter", "3", "--device", "cpu", "--test", "1", "-q"])
+    assert code == 0
+    assert (tmp_path / "cli" / "salicon_iter_3.caffemodel").exists()
+    code = main(["train", "--data", str(tmp_path / "nowhere"), "--out", cfg.out, "-q"])
+    assert code == 1
+
+
+def test_train_on_caffe_engine(setup):
+    from salicon.caffe_engine import caffe_available
+    if not caffe_available():
+        pytest.skip("pycaffe not importable; build it with scripts/install_caffe.sh")
+    result = train(setup("caffe", max_iter=4, engine="caffe"), progress=False, log=lambda m: None)
+    assert result.iterations == 4 and result.final_model.exists()
+    torch_run = train(setup("torch", max_iter=4), progress=False, log=lambda m: None)
+    a = formats.load_caffemodel_arrays(result.final_model)
+    b = formats.load_caffemodel_arrays(torch_run.final_model)
+    moved = 0
+    for name in b:
+        for x, y in zip(a[name], b[name]):
+            np.testing.assert_allclose(x, y, atol=1e-4 * max(1.0, float(np.abs(y).max())))
+    assert torch.isfinite(torch.from_numpy(a["saliency_map"][0])).all()
