@@ -10,8 +10,9 @@ import scipy.ndimage
 import scipy.special
 import torch
 
-import custom_interpolation_layer as interp_module
 from salicon.engine import Blob, Net
+from salicon.engine.net import PROJECT_LAYERS_DIR
+from salicon.engine.pylayer import load_layer_class
 from salicon.formats import parse_net_prototxt
 
 
@@ -252,7 +253,7 @@ def test_interpolation_equals_scipy_zoom_order1(src, dst, rng):
     net = make_net(INTERP.format(f"1,3,{dst[0]},{dst[1]}"), {"x": (2, 3) + src})
     np.testing.assert_allclose(run(net, x=x)["y"], expected, atol=1e-5)
     # The Caffe Python layer module itself (numpy), through its Caffe interface.
-    layer = interp_module.custom_interpolation_layer()
+    layer = load_layer_class("custom_interpolation_layer", "custom_interpolation_layer", [PROJECT_LAYERS_DIR])()
     layer.param_str = f"1,3,{dst[0]},{dst[1]}"
     bottom, top = [Blob(data=x)], [Blob()]
     layer.setup(bottom, top)
@@ -272,7 +273,7 @@ def test_interpolation_backward_is_the_adjoint(rng):
     (ax * torch.from_numpy(y)).sum().backward()
     np.testing.assert_allclose((ax.detach().numpy() * y).sum(), (x * xt.grad.numpy()).sum(), rtol=1e-6)
     # ... and for the Caffe layer's backward.
-    layer = interp_module.custom_interpolation_layer()
+    layer = load_layer_class("custom_interpolation_layer", "custom_interpolation_layer", [PROJECT_LAYERS_DIR])()
     layer.param_str = "1,4,38,50"
     bottom, top = [Blob(data=x)], [Blob()]
     layer.setup(bottom, top)

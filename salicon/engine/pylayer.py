@@ -10,8 +10,7 @@ memory).
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
+import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -59,52 +58,62 @@ class Blob:
 
 
 class _ShimLayer:
-    """Stand-in for ``caffe.Layer`` when pycaffe is not installed."""
+    """Stand-in for ``caffe.Layer``: pycaffe's own base class can only be
+    created by Caffe's C++ side, so layers run by this engine derive from this."""
 
     def __init__(self, *args, **kwargs):
         pass
 
 
-@contextlib.contextmanager
-def caffe_module_available():
-    """Make ``import caffe`` succeed while importing a user layer module.
+class _CaffeShim(types.ModuleType):
+    """The ``caffe`` module a layer module sees when this engine imports it:
+    ``caffe.Layer`` is the stand-in; any other name comes from real pycaffe
+    when it is installed."""
 
-    With pycaffe installed nothing changes. Without it, a minimal ``caffe``
-    module offering ``caffe.Layer`` is visible during the import only, so the
-    usual ``class MyLayer(caffe.Layer)`` works and no other code is misled into
-    thinking pycaffe is present.
+    Layer = _ShimLayer
+
+    def __getattr__(self, name):
+        real = sys.modules.get("caffe")
+        if real is None or isinstance(real, _CaffeShim):
+            raise AttributeError(f"module 'caffe' (stand-in; pycaffe is not installed) has no attribute '{name}'")
+        return getattr(real, name)
+
+
+def load_layer_class(module: str, name: str, search_path: Iterable[Path] = ()):
+    """Import Python layer ``module`` privately and return its class ``name``.
+
+    The module is found on ``search_path`` and sys.path, executed under a
+    private name with ``import caffe`` giving the stand-in (so ``class
+    L(caffe.Layer)`` works with or without pycaffe), and not registered under
+    its own name, so real Caffe in the same process still imports the original.
     """
+    paths = [str(p) for p in search_path] + sys.path
+    spec = None
+    for folder in paths:
+        for candidate in (Path(folder) / f"{module.replace('.', '/')}.py",
+                          Path(folder) / module.replace(".", "/") / "__init__.py"):
+            if candidate.is_file():
+                spec = importlib.util.spec_from_file_location(f"_salicon_pylayer_{module}", candidate)
+                break
+        if spec is not None:
+            break
+    if spec is None:
+        raise ImportError(f"no module named '{module}' in {[str(p) for p in search_path]} or sys.path")
+    mod = importlib.util.module_from_spec(spec)
+    missing = object()
+    real = sys.modules.get("caffe", missing)
+    sys.modules["caffe"] = _CaffeShim("caffe")
     try:
-        import caffe  # noqa: F401
-        yield
-        return
-    except ImportError:
-        pass
-    shim = types.ModuleType("caffe")
-    shim.Layer = _ShimLayer
-    sys.modules["caffe"] = shim
-    try:
-        yield
+        spec.loader.exec_module(mod)
     finally:
-        if sys.modules.get("caffe") is shim:
-            del sys.modules["caffe"]
-
-
-def import_layer_class(module: str, name: str, search_path: Iterable[Path]):
-    """Import ``module`` (from sys.path or ``search_path``) and return class ``name``."""
-    extra = [str(p) for p in search_path if str(p) not in sys.path]
-    sys.path[:0] = extra
-    try:
-        with caffe_module_available():
-            mod = importlib.import_module(module)
-    finally:
-        for p in extra:
-            if p in sys.path:
-                sys.path.remove(p)
+        if real is missing:
+            sys.modules.pop("caffe", None)
+        else:
+            sys.modules["caffe"] = real
     try:
         return getattr(mod, name)
     except AttributeError:
-        raise ImportError(f"module '{module}' ({getattr(mod, '__file__', '?')}) has no class '{name}'") from None
+        raise ImportError(f"module '{module}' ({spec.origin}) has no class '{name}'") from None
 
 
 class _PythonLayerFunction(torch.autograd.Function):
@@ -148,13 +157,13 @@ class PythonLayer(Layer):
         if not pp.module or not pp.layer:
             raise self.error("python_param needs both 'module' and 'layer'")
         try:
-            cls = import_layer_class(pp.module, pp.layer, search_path)
+            cls = load_layer_class(pp.module, pp.layer, search_path)
         except ImportError as exc:
             raise self.error(f"cannot import Python layer {pp.module}.{pp.layer}: {exc}") from None
         try:
-            impl = cls(param)
-        except TypeError:
             impl = cls()
+        except TypeError:
+            impl = cls(param)
         impl.param_str = pp.param_str
         impl.phase = phase
         self.impl = impl
