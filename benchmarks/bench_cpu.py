@@ -67,19 +67,30 @@ def make_inputs(workdir: Path) -> tuple[Path, Path, str]:
 
 
 def child_forward(model: str, layout: str, repeat: int) -> dict:
+    import contextlib
+
     import numpy as np
-    import torch
-    from salicon.model import prototxt_path
 
     rng = np.random.default_rng(0)
     fine = rng.uniform(-0.5, 0.5, (1, 3, 1200, 1600)).astype(np.float32)
     coarse = rng.uniform(-0.5, 0.5, (1, 3, 600, 800)).astype(np.float32)
     if layout == "caffe":
-        from salicon.caffe_engine import CaffeNet
-        net = CaffeNet(prototxt_path(), model)
-        run = lambda: net(fine_scale=fine, coarse_scale=coarse)  # noqa: E731
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        sys.path.insert(0, str(ROOT / "layers"))
+        import caffe
+        caffe.set_mode_cpu()
+        cnet = caffe.Net(str(ROOT / "prototxt" / "salicon.prototxt"), caffe.TEST, weights=model)
+        context = contextlib.nullcontext()
+
+        def run():
+            cnet.blobs["fine_scale"].data[...] = fine
+            cnet.blobs["coarse_scale"].data[...] = coarse
+            cnet.forward()
     else:
+        import torch
         from salicon.engine import Net
+        from salicon.model import prototxt_path
+        context = torch.inference_mode()
         net = Net(prototxt_path(), weights=model).eval().requires_grad_(False)
         if layout == "channels_last":
             net.to(memory_format=torch.channels_last)
@@ -87,7 +98,7 @@ def child_forward(model: str, layout: str, repeat: int) -> dict:
         fine, coarse = torch.from_numpy(fine), torch.from_numpy(coarse)
         run = lambda: net(fine_scale=fine, coarse_scale=coarse)  # noqa: E731
     times = []
-    with torch.inference_mode():
+    with context:
         for _ in range(repeat + 1):
             t = time.perf_counter()
             run()
@@ -120,9 +131,13 @@ def child_saliency(model: str, image: str, engine: str, repeat: int) -> dict:
 
     t = time.perf_counter()
     if engine == "caffe":
-        from salicon.caffe_engine import CaffeNet
-        from salicon.model import prototxt_path
-        net = CaffeNet(prototxt_path(), model).net
+        # As the published Salicon class does: pycaffe alone (no PyTorch in
+        # this process), the project's layers/ on sys.path.
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        sys.path.insert(0, str(ROOT / "layers"))
+        import caffe
+        caffe.set_mode_cpu()
+        net = caffe.Net(str(ROOT / "prototxt" / "salicon.prototxt"), caffe.TEST, weights=model)
         compute = lambda: published_pipeline(net, image)  # noqa: E731
     else:
         from salicon import Salicon
@@ -142,7 +157,8 @@ def run_child(*args: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
                          cwd=ROOT, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"benchmark child {args} failed:\n{out.stderr}")
+        raise RuntimeError(f"benchmark child {args} failed with exit status {out.returncode} "
+                           f"(-9: killed, e.g. out of memory):\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -170,7 +186,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        if kind == "forward":
+        if kind == "prepare":
+            image, model, source = make_inputs(Path(rest[0]))
+            result = {"image": str(image), "model": str(model), "source": source}
+        elif kind == "forward":
             result = child_forward(rest[0], rest[1], args.repeat)
         else:
             result = child_saliency(rest[0], rest[1], rest[2], args.repeat)
@@ -178,7 +197,10 @@ def main() -> int:
         return 0
 
     with tempfile.TemporaryDirectory() as tmp:
-        image, model, source = make_inputs(Path(tmp))
+        # Every step in its own process: the parent stays small, so each
+        # measurement has the machine's memory to itself (Caffe needs ~20 GB).
+        made = run_child("prepare", tmp)
+        image, model, source = made["image"], made["model"], made["source"]
         results = {"machine": machine(), "weights": source, "repeat": args.repeat}
         for layout in ("nchw", "channels_last"):
             results[f"forward_{layout}"] = run_child("forward", str(model), layout, "--repeat", str(args.repeat))

@@ -20,6 +20,7 @@ from .formats import _umask
 from .image import IMAGE_SUFFIXES, load_image
 
 INPUT_SCALES = {"published": 1.0 / 255.0, "vgg": 1.0}
+DEFAULT_METRIC_NAMES = ("AUC_Judd", "AUC_Borji", "sAUC", "NSS", "CC", "SIM", "KLDiv", "IG", "EMD")
 
 
 def _error(message: str) -> None:
@@ -208,6 +209,61 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------- evaluate
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data import DataError, open_dataset
+    from .evaluate import DEFAULT_METRICS, evaluate, read_split, saliency_maps_from_folder
+
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else list(DEFAULT_METRICS)
+    unknown = [m for m in metrics if m not in DEFAULT_METRICS]
+    if unknown:
+        _error(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(DEFAULT_METRICS)}")
+        return 2
+    if args.model and args.saliency_maps:
+        _error("give --model or --saliency-maps, not both")
+        return 2
+    try:
+        dataset = open_dataset(args.dataset)
+        names = read_split(args.split) if args.split else None
+        if names is None and args.limit:
+            names = dataset.names()[:args.limit]
+        elif names is not None and args.limit:
+            names = names[:args.limit]
+        predict, model_name = None, None
+        if args.saliency_maps:
+            predict, model_name = saliency_maps_from_folder(args.saliency_maps), Path(args.saliency_maps).name
+        elif args.model or not args.baselines_only:
+            from .model import Salicon
+            model = Salicon(args.model, args.prototxt, device=args.device, engine=args.engine,
+                            precision=args.precision,
+                            input_scale=INPUT_SCALES.get(args.input_scale) or float(args.input_scale))
+            predict, model_name = (lambda sample: model.compute_saliency(sample.image_path)), "salicon"
+        total = len(names) if names is not None else len(dataset)
+        with tqdm(total=total, unit="img", disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as bar:
+            result = evaluate(dataset, predict, names, metrics, baselines=not args.no_baselines,
+                              model_name=model_name or "model", seed=args.seed, progress=bar.update,
+                              on_error=lambda m: bar.write(f"salicon: error: {m}", file=sys.stderr))
+    except (SaliconError, DataError, ValueError, OSError) as exc:
+        _error(str(exc))
+        return 1
+    out = Path(args.out)
+    result.write(out)
+    print(result.table())
+    print(f"wrote {out / 'per_image.csv'} and {out / 'summary.json'}", file=sys.stderr)
+    if args.pictures:
+        from .visualize import contact_sheet, score_histograms
+        score_histograms(result, out / "histograms.png")
+        if predict is not None:
+            contact_sheet(result, dataset, predict, out / "contact_sheet.png", metric="NSS",
+                          model=model_name or "model")
+        print(f"wrote pictures to {out}", file=sys.stderr)
+    return 0
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -282,6 +338,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="data preparation threads (default: cores, at most 8)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score saliency maps on eye-tracking data, with baselines",
+                       description="Score a model (or precomputed maps) with the standard saliency metrics "
+                                   "(MIT benchmark conventions), next to a centre-bias Gaussian and the "
+                                   "inter-observer bound (each subject predicted from the others) where the data "
+                                   "has per-subject fixations. Writes OUT/per_image.csv and OUT/summary.json "
+                                   "and prints mean ± std.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", required=True,
+                   help="KIND:PATH with KIND osie, folder, mit1003, cat2000 or salicon (or a bare path)")
+    p.add_argument("--model", help="trained .caffemodel (default: the shipped pretrained model)")
+    p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+    p.add_argument("--saliency-maps", metavar="DIR", help="score precomputed maps (<name>.npy or images) instead")
+    p.add_argument("--baselines-only", action="store_true", help="score only the baselines")
+    p.add_argument("--no-baselines", action="store_true", help="skip the centre-bias and inter-observer rows")
+    p.add_argument("--split", help="split.json (its test list) or a text file of image names")
+    p.add_argument("--limit", type=int, help="only the first N images (of the split)")
+    p.add_argument("--metrics", help=f"comma-separated subset of: {', '.join(DEFAULT_METRIC_NAMES)}")
+    p.add_argument("--out", default="evaluation", help="output folder")
+    p.add_argument("--pictures", action="store_true", help="also write score histograms and a contact sheet")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--engine", default="auto", choices=["auto", "pytorch", "caffe"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    p.add_argument("--input-scale", default="published", help="'published' (1/255), 'vgg' (1) or a number")
+    p.add_argument("--seed", type=int, default=0, help="seed of AUC jitter and negative sampling")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("init-weights", help="make an untrained model from VGG-16 conv weights",
                        description="Copy VGG-16's conv1_1..conv5_3 into both streams of the SALICON net "

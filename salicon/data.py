@@ -59,6 +59,7 @@ class Sample:
     fixation_map: np.ndarray | None = None
     fixations: Fixations | None = None
     map_path: Path | None = None
+    points_path: Path | None = None   # a binary fixation-point image or a fixLocs .mat
 
 
 def gaussian_window(sigma: float = OSIE_SIGMA, size: int = OSIE_WINDOW) -> np.ndarray:
@@ -166,15 +167,89 @@ def _read_map(path: Path) -> np.ndarray:
     return arr
 
 
-class FolderDataset:
-    """Images and fixation maps in two folders, matched by base name (the
-    OpenSALICON layout). Any common image format for both."""
+class Dataset:
+    """Base of the loaders: ``samples`` (one per image), and how fixation maps
+    are made when the data set gives only points (``sigma``, ``window``)."""
 
-    def __init__(self, images: PathLike, maps: PathLike):
+    name = "dataset"
+    sigma: float = OSIE_SIGMA
+    window: int | None = OSIE_WINDOW
+    #: One line for the README's table of conventions.
+    convention = ""
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.samples]
+
+    def ground_truth(self, sample: Sample, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(binary fixation map, continuous fixation map) of ``sample`` at the
+        image's ``shape``. Raises DataError if the data set has neither."""
+        binary = None
+        if sample.fixations is not None:
+            binary = binary_fixation_map(sample.fixations, shape)
+        elif sample.points_path is not None:
+            binary = read_fixation_points(sample.points_path)
+        if sample.map_path is not None:
+            try:
+                density = _read_map(sample.map_path)
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise DataError(f"{sample.map_path}: cannot read the fixation map ({exc})") from None
+        elif sample.fixations is not None:
+            density = fixation_density(sample.fixations, shape, self.sigma, self.window)
+        elif binary is not None:
+            density = blur_binary(binary, self.sigma, self.window)
+        else:
+            raise DataError(f"{sample.name}: no fixation data")
+        if binary is None:
+            binary = np.zeros(shape, dtype=bool)  # location metrics need points: see has_points
+        for what, arr, path in (("fixation points", binary, sample.points_path),
+                                ("fixation map", density, sample.map_path)):
+            if arr.shape != tuple(shape):
+                raise DataError(f"{path or sample.name}: {what} is {arr.shape[1]}x{arr.shape[0]} but its image "
+                                f"{sample.image_path.name} is {shape[1]}x{shape[0]}")
+        return binary, density
+
+    def has_points(self) -> bool:
+        return all(s.fixations is not None or s.points_path is not None for s in self.samples)
+
+
+def read_fixation_points(path: Path) -> np.ndarray:
+    """A binary fixation map from a fixation-point image (nonzero = fixated) or
+    a CAT2000 FIXATIONLOCS .mat file (key ``fixLocs``)."""
+    if path.suffix.lower() == ".mat":
+        import scipy.io
+        data = scipy.io.loadmat(path)
+        if "fixLocs" not in data:
+            raise DataError(f"{path}: no 'fixLocs' matrix")
+        return np.asarray(data["fixLocs"]) > 0
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("L"))
+    return arr > 127  # JPEG-compressed point images: keep the bright pixels
+
+
+def blur_binary(binary: np.ndarray, sigma: float, window: int | None) -> np.ndarray:
+    """The continuous fixation map of a binary one (see fixation_density)."""
+    rows, cols = np.nonzero(binary)
+    fix = Fixations(cols.astype(np.float64), rows.astype(np.float64), np.zeros(rows.size, np.int64))
+    return fixation_density(fix, binary.shape, sigma, window)
+
+
+class FolderDataset(Dataset):
+    """Images and fixation maps in two folders, matched by base name (the
+    OpenSALICON layout), optionally fixation-point images (nonzero = fixated)
+    in a third. Any common image format."""
+
+    name = "folder"
+    convention = "fixation maps as given; points from the optional fixation-point images"
+
+    def __init__(self, images: PathLike, maps: PathLike, points: PathLike | None = None):
         self.images_dir, self.maps_dir = Path(images), Path(maps)
+        self.points_dir = Path(points) if points is not None else None
         problems = []
-        for d, what in ((self.images_dir, "image"), (self.maps_dir, "fixation-map")):
-            if not d.is_dir():
+        for d, what in ((self.images_dir, "image"), (self.maps_dir, "fixation-map"), (self.points_dir, "points")):
+            if d is not None and not d.is_dir():
                 problems.append(f"{d}: no such {what} folder")
         if problems:
             raise DataError("\n".join(problems))
@@ -185,25 +260,126 @@ class FolderDataset:
             problems.append(f"{images[name]}: no fixation map named {name}.* in {self.maps_dir}")
         for name in sorted(set(maps) - set(images)):
             problems.append(f"{maps[name]}: no image named {name}.* in {self.images_dir}")
+        points = _list_images(self.points_dir) if self.points_dir else {}
+        if self.points_dir:
+            for name in sorted(set(images) - set(points)):
+                problems.append(f"{images[name]}: no fixation-point image named {name}.* in {self.points_dir}")
         if problems:
-            raise DataError(f"{len(problems)} problem(s) with the training data:\n" + "\n".join(problems))
-        self.samples = [Sample(name, images[name], map_path=maps[name]) for name in sorted(images)]
+            raise DataError(f"{len(problems)} problem(s) with the data:\n" + "\n".join(problems))
+        self.samples = [Sample(name, images[name], map_path=maps[name], points_path=points.get(name))
+                        for name in sorted(images)]
 
-    def __len__(self) -> int:
-        return len(self.samples)
 
-    def names(self) -> list[str]:
-        return [s.name for s in self.samples]
+class MIT1003Dataset(Dataset):
+    """MIT1003 (Judd et al. 2009): ``ALLSTIMULI/*.jpeg`` with
+    ``ALLFIXATIONMAPS/<name>_fixMap.jpg`` (continuous) and ``<name>_fixPts.jpg``
+    (fixation points). Per-subject data (DATA/) is not read."""
+
+    name = "mit1003"
+    convention = "fixation maps as distributed (ALLFIXATIONMAPS *_fixMap.jpg); points from *_fixPts.jpg"
+
+    def __init__(self, root: PathLike):
+        self.root = Path(root)
+        stimuli, maps = self.root / "ALLSTIMULI", self.root / "ALLFIXATIONMAPS"
+        if not stimuli.is_dir() or not maps.is_dir():
+            raise DataError(f"{self.root}: not an MIT1003 folder (needs ALLSTIMULI/ and ALLFIXATIONMAPS/)")
+        problems, self.samples = [], []
+        for name, path in _list_images(stimuli).items():
+            fmap, fpts = maps / f"{name}_fixMap.jpg", maps / f"{name}_fixPts.jpg"
+            missing = [str(p) for p in (fmap, fpts) if not p.exists()]
+            if missing:
+                problems.append(f"{path}: missing {', '.join(missing)}")
+                continue
+            self.samples.append(Sample(name, path, map_path=fmap, points_path=fpts))
+        if problems:
+            raise DataError(f"{len(problems)} problem(s) with {self.root}:\n" + "\n".join(problems))
+        if not self.samples:
+            raise DataError(f"{stimuli}: no images")
+
+
+class CAT2000Dataset(Dataset):
+    """CAT2000 (Borji and Itti 2015): ``Stimuli/<category>/<name>.jpg``,
+    ``FIXATIONMAPS/<category>/<name>.jpg`` and ``FIXATIONLOCS/<category>/<name>.mat``
+    (binary ``fixLocs``). ``root`` is the folder holding those (e.g. trainSet)."""
+
+    name = "cat2000"
+    convention = "fixation maps as distributed (FIXATIONMAPS); points from FIXATIONLOCS fixLocs"
+
+    def __init__(self, root: PathLike):
+        self.root = Path(root)
+        stimuli, maps, locs = self.root / "Stimuli", self.root / "FIXATIONMAPS", self.root / "FIXATIONLOCS"
+        if not stimuli.is_dir():
+            raise DataError(f"{self.root}: not a CAT2000 folder (needs Stimuli/, FIXATIONMAPS/, FIXATIONLOCS/)")
+        problems, self.samples = [], []
+        for category in sorted(p for p in stimuli.iterdir() if p.is_dir()):
+            for name, path in _list_images(category).items():
+                fmap = maps / category.name / path.name
+                floc = locs / category.name / f"{name}.mat"
+                missing = [str(p) for p in (fmap, floc) if not p.exists()]
+                if missing:
+                    problems.append(f"{path}: missing {', '.join(missing)}")
+                    continue
+                self.samples.append(Sample(f"{category.name}/{name}", path, map_path=fmap, points_path=floc))
+        if problems:
+            raise DataError(f"{len(problems)} problem(s) with {self.root}:\n" + "\n".join(problems))
+        if not self.samples:
+            raise DataError(f"{stimuli}: no images in category folders")
+
+
+class SALICONDataset(Dataset):
+    """SALICON (Jiang et al. 2015, the 2017 release): ``images/<name>.jpg`` and
+    ``fixations/<name>.mat`` with a ``gaze`` struct per subject whose
+    ``fixations`` are N x 2 (x, y), 1-based. Fixation maps: Gaussian sigma
+    19 px, as the SALICON API makes them."""
+
+    name = "salicon"
+    sigma = 19.0
+    window = None
+    convention = "Gaussian sigma 19 px (SALICON API), window 6 sigma + 1, zero padding"
+
+    def __init__(self, root: PathLike, images: str = "images", fixations: str = "fixations"):
+        import scipy.io
+
+        self.root = Path(root)
+        img_dir, fix_dir = self.root / images, self.root / fixations
+        if not img_dir.is_dir() or not fix_dir.is_dir():
+            raise DataError(f"{self.root}: not a SALICON folder (needs {images}/ and {fixations}/)")
+        problems, self.samples = [], []
+        for name, path in _list_images(img_dir).items():
+            mat = fix_dir / f"{name}.mat"
+            if not mat.exists():
+                problems.append(f"{path}: no {mat}")
+                continue
+            try:
+                gaze = np.atleast_1d(scipy.io.loadmat(mat, squeeze_me=True, struct_as_record=False)["gaze"])
+            except (KeyError, ValueError, OSError) as exc:
+                problems.append(f"{mat}: cannot read the 'gaze' data ({exc})")
+                continue
+            xs, ys, subj = [], [], []
+            for k, g in enumerate(gaze):
+                pts = np.asarray(g.fixations, dtype=np.float64).reshape(-1, 2)
+                xs.append(pts[:, 0] - 1.0)
+                ys.append(pts[:, 1] - 1.0)
+                subj.append(np.full(len(pts), k))
+            fix = Fixations(np.concatenate(xs), np.concatenate(ys), np.concatenate(subj))
+            self.samples.append(Sample(name, path, fixations=fix))
+        if problems:
+            raise DataError(f"{len(problems)} problem(s) with {self.root}:\n" + "\n".join(problems))
+        if not self.samples:
+            raise DataError(f"{img_dir}: no images")
 
 
 def _as_points(values) -> np.ndarray:
     return np.atleast_1d(np.asarray(values, dtype=np.float64)).ravel()
 
 
-class OSIEDataset:
+class OSIEDataset(Dataset):
     """OSIE: ``root/stimuli/*.jpg`` and ``root/fixations.mat`` (15 subjects per
     image, 1-based pixel coordinates). Fixation maps are made here with the
     data set's own convention (Gaussian ``sigma`` px, ``window`` taps)."""
+
+    name = "osie"
+    convention = "Gaussian sigma 24 px in a 168x168 window, zero padding (OSIE's code)"
 
     def __init__(self, root: PathLike, sigma: float = OSIE_SIGMA, window: int | None = OSIE_WINDOW):
         import scipy.io
@@ -241,29 +417,52 @@ class OSIEDataset:
         if not self.samples:
             raise DataError(f"{mat}: lists no images")
 
-    def __len__(self) -> int:
-        return len(self.samples)
 
-    def names(self) -> list[str]:
-        return [s.name for s in self.samples]
+DATASET_KINDS = {"osie": OSIEDataset, "folder": FolderDataset, "mit1003": MIT1003Dataset,
+                 "cat2000": CAT2000Dataset, "salicon": SALICONDataset}
 
 
-def open_dataset(spec: PathLike, maps: PathLike | None = None, sigma: float = OSIE_SIGMA):
-    """A data set from a path: an OSIE folder (stimuli/ + fixations.mat), or a
-    folder holding ``images/`` and ``maps/`` (or ``fixation_maps/``), or an
-    images folder plus ``maps``."""
-    root = Path(spec)
+def open_dataset(spec: PathLike, maps: PathLike | None = None, sigma: float | None = None) -> Dataset:
+    """A data set from ``KIND:PATH`` (osie, folder, mit1003, cat2000, salicon)
+    or a bare path, recognised by its layout: an OSIE folder (stimuli/ +
+    fixations.mat), MIT1003 (ALLSTIMULI/), CAT2000 (Stimuli/ + FIXATIONLOCS/),
+    SALICON (images/ + fixations/*.mat), or a folder with images/ and maps/
+    (optional fixations/ point images); or an image folder plus ``maps``."""
+    text = str(spec)
+    kind = None
+    if ":" in text and text.split(":", 1)[0].lower() in DATASET_KINDS:
+        kind, text = text.split(":", 1)
+        kind = kind.lower()
+    root = Path(text)
     if maps is not None:
         return FolderDataset(root, maps)
-    if (root / "fixations.mat").exists():
-        return OSIEDataset(root, sigma=sigma)
-    for images, fmaps in (("images", "maps"), ("images", "fixation_maps"), ("stimuli", "maps")):
-        if (root / images).is_dir() and (root / fmaps).is_dir():
-            return FolderDataset(root / images, root / fmaps)
     if not root.exists():
         raise DataError(f"{root}: no such data folder")
-    raise DataError(f"{root}: not a data folder: expected stimuli/ + fixations.mat (OSIE) or "
-                    f"images/ + maps/ with the same base names")
+    if kind is None:
+        if (root / "fixations.mat").exists():
+            kind = "osie"
+        elif (root / "ALLSTIMULI").is_dir():
+            kind = "mit1003"
+        elif (root / "Stimuli").is_dir() and (root / "FIXATIONLOCS").is_dir():
+            kind = "cat2000"
+        elif (root / "images").is_dir() and (root / "fixations").is_dir() and any((root / "fixations").glob("*.mat")):
+            kind = "salicon"
+        else:
+            kind = "folder"
+    if kind == "osie":
+        return OSIEDataset(root, sigma=sigma if sigma is not None else OSIE_SIGMA)
+    if kind == "folder":
+        for images, fmaps in (("images", "maps"), ("images", "fixation_maps"), ("stimuli", "maps")):
+            if (root / images).is_dir() and (root / fmaps).is_dir():
+                points = next((root / p for p in ("fixations", "points") if (root / p).is_dir()), None)
+                return FolderDataset(root / images, root / fmaps, points)
+        raise DataError(f"{root}: not a data folder: expected stimuli/ + fixations.mat (OSIE), ALLSTIMULI/ "
+                        f"(MIT1003), Stimuli/ + FIXATIONLOCS/ (CAT2000), images/ + fixations/*.mat (SALICON) "
+                        f"or images/ + maps/ with the same base names")
+    dataset = DATASET_KINDS[kind](root)
+    if sigma is not None and kind == "salicon":
+        dataset.sigma = sigma
+    return dataset
 
 
 # ------------------------------------------------------------- preparation
@@ -287,25 +486,15 @@ class Prepared:
     seconds: float = 0.0
 
 
-def _prepare_one(sample: Sample, target_size, sigma, window) -> PreparedSample:
+def _prepare_one(dataset: Dataset, sample: Sample, target_size) -> PreparedSample:
     rgb = load_image(sample.image_path)
     image = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
     shape = image.shape[:2]
-    if sample.fixations is not None:
-        fmap = fixation_density(sample.fixations, shape, sigma, window)
-    else:
-        try:
-            fmap = _read_map(sample.map_path)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageError(f"{sample.map_path}: cannot read the fixation map ({exc})") from None
-        if fmap.shape != shape:
-            raise ImageError(f"{sample.map_path}: fixation map is {fmap.shape[1]}x{fmap.shape[0]} but its "
-                             f"image {sample.image_path.name} is {shape[1]}x{shape[0]}")
-    return PreparedSample(sample.name, image, training_target(fmap, target_size), sample.fixations, shape)
+    _, density = dataset.ground_truth(sample, shape)
+    return PreparedSample(sample.name, image, training_target(density, target_size), sample.fixations, shape)
 
 
-def prepare(samples: Sequence[Sample], target_size: Sequence[int], sigma: float = OSIE_SIGMA,
-            window: int | None = OSIE_WINDOW, workers: int | None = None,
+def prepare(dataset: Dataset, samples: Sequence[Sample], target_size: Sequence[int], workers: int | None = None,
             progress: Callable[[int], None] | None = None) -> list[PreparedSample]:
     """Decode every image (uint8, original size) and make its target, in a
     worker pool. Every unreadable file or size mismatch is collected and
@@ -316,7 +505,7 @@ def prepare(samples: Sequence[Sample], target_size: Sequence[int], sigma: float 
 
     def job(i):
         try:
-            out[i] = _prepare_one(samples[i], target_size, sigma, window)
+            out[i] = _prepare_one(dataset, samples[i], target_size)
         except (ImageError, DataError) as exc:
             problems.append(str(exc))
         if progress:

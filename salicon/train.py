@@ -157,7 +157,7 @@ class Trainer:
         wanted = set(train_names) | set(test_names)
         samples = [s for s in dataset.samples if s.name in wanted]
         start = time.perf_counter()
-        prepared = {p.name: p for p in prepare(samples, self.target_size, cfg.sigma, workers=cfg.workers)}
+        prepared = {p.name: p for p in prepare(dataset, samples, self.target_size, workers=cfg.workers)}
         self.say(f"prepared {len(prepared)} images in {time.perf_counter() - start:.1f} s "
                  f"({len(train_names)} train, {len(test_names)} held out; split in {split_file})")
         return [prepared[n] for n in train_names], [prepared[n] for n in test_names]

@@ -85,3 +85,76 @@ def plot_loss_curve(history: Sequence[dict], path: Union[str, os.PathLike], size
         draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(214, 39, 40))
     draw.text((left + 10, 8), "training loss (blue), validation loss (red)", fill="black")
     img.save(path)
+
+
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def score_histograms(evaluation, path: Union[str, os.PathLike], bins: int = 20) -> None:
+    """One histogram panel per metric, a colour per model (PNG)."""
+    metrics, models = evaluation.metrics, evaluation.models()
+    cols = 3
+    rows = -(-len(metrics) // cols)
+    pw, ph = 300, 200
+    img = Image.new("RGB", (cols * pw, rows * ph + 30), "white")
+    draw = ImageDraw.Draw(img)
+    for k, model in enumerate(models):
+        draw.rectangle([10 + 150 * k, 8, 22 + 150 * k, 20], fill=_COLOURS[k % len(_COLOURS)])
+        draw.text((26 + 150 * k, 8), model, fill="black")
+    for i, metric in enumerate(metrics):
+        x0, y0 = (i % cols) * pw, (i // cols) * ph + 30
+        values = {m: np.array([r[metric] for r in evaluation.rows if r["model"] == m], float) for m in models}
+        finite = np.concatenate([v[np.isfinite(v)] for v in values.values()] or [np.zeros(0)])
+        draw.text((x0 + 10, y0 + 4), metric, fill="black")
+        if finite.size == 0:
+            continue
+        lo, hi = float(finite.min()), float(finite.max())
+        hi = hi if hi > lo else lo + 1.0
+        edges = np.linspace(lo, hi, bins + 1)
+        counts = {m: np.histogram(v[np.isfinite(v)], edges)[0] for m, v in values.items()}
+        top = max(1, max(c.max() for c in counts.values()))
+        left, right, bottom, height = x0 + 10, x0 + pw - 10, y0 + ph - 25, ph - 50
+        draw.line([left, bottom, right, bottom], fill="black")
+        draw.text((left, bottom + 4), f"{lo:.3g}", fill="black")
+        draw.text((right - 30, bottom + 4), f"{hi:.3g}", fill="black")
+        bar_w = (right - left) / bins
+        for k, (model, c) in enumerate(counts.items()):
+            colour = _COLOURS[k % len(_COLOURS)]
+            for b, n in enumerate(c):
+                if n:
+                    x = left + b * bar_w + k * bar_w / max(1, len(models))
+                    draw.rectangle([x, bottom - height * n / top, x + bar_w / max(1, len(models)) - 1, bottom],
+                                   fill=colour)
+    img.save(path)
+
+
+def contact_sheet(evaluation, dataset, predict, path: Union[str, os.PathLike], metric: str = "NSS",
+                  model: str = "salicon", n: int = 4, thumb: int = 200) -> None:
+    """The ``n`` best and ``n`` worst images by ``metric``: each row shows the
+    image, the fixation map over it and the model's map over it (PNG)."""
+    from .image import load_image
+
+    rows = [r for r in evaluation.rows if r["model"] == model and np.isfinite(r.get(metric, np.nan))]
+    if not rows:
+        raise ValueError(f"no finite {metric} scores for {model}")
+    rows.sort(key=lambda r: r[metric], reverse=True)
+    picked = rows[:n] + [r for r in rows[-n:] if r not in rows[:n]]
+    samples = {s.name: s for s in dataset.samples}
+    sheet = Image.new("RGB", (3 * thumb + 160, len(picked) * thumb), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, r in enumerate(picked):
+        sample = samples[r["image"]]
+        rgb = load_image(sample.image_path)
+        _, density = dataset.ground_truth(sample, rgb.shape[:2])
+        pred = np.asarray(predict(sample), dtype=np.float64)
+        pred = (pred - pred.min()) / (np.ptp(pred) or 1.0)
+        if pred.shape != rgb.shape[:2]:
+            pred = np.asarray(Image.fromarray(pred.astype(np.float32)).resize(rgb.shape[1::-1], Image.BILINEAR))
+        tiles = [rgb.astype(np.uint8), overlay(rgb, density), overlay(rgb, np.clip(pred, 0, 1))]
+        for j, tile in enumerate(tiles):
+            im = Image.fromarray(tile)
+            im.thumbnail((thumb, thumb))
+            sheet.paste(im, (j * thumb, i * thumb))
+        label = "best" if i < n else "worst"
+        draw.text((3 * thumb + 8, i * thumb + 8), f"{label}\n{r['image']}\n{metric} {r[metric]:.3f}", fill="black")
+    sheet.save(path)
