@@ -77,6 +77,7 @@ class TrainResult:
     val_loss: float | None
     log: Path
     history: list = field(default_factory=list)
+    val_metrics: dict = field(default_factory=dict)
 
 
 class _Interrupt:
@@ -128,6 +129,8 @@ class Trainer:
             self.net.copy_from(config.weights, strict=False)
         self.prefix = self.out / (Path(self.solver_param.snapshot_prefix or "salicon").name)
         self.loss_tops = dict(self.net.loss_weights)
+        loss_layers = [lp for lp in self.net.layer_params.values() if set(lp.top) & set(self.loss_tops)]
+        self.map_blob = loss_layers[0].bottom[0] if loss_layers else None
         if self.engine == "caffe":
             self.backend = _CaffeBackend(self, net_path)
             del self.net
@@ -158,6 +161,8 @@ class Trainer:
         samples = [s for s in dataset.samples if s.name in wanted]
         start = time.perf_counter()
         prepared = {p.name: p for p in prepare(dataset, samples, self.target_size, workers=cfg.workers)}
+        by_name = {s.name: s for s in samples}
+        self.val_truth = {n: dataset.ground_truth(by_name[n], prepared[n].fixation_map_shape) for n in test_names}
         self.say(f"prepared {len(prepared)} images in {time.perf_counter() - start:.1f} s "
                  f"({len(train_names)} train, {len(test_names)} held out; split in {split_file})")
         return [prepared[n] for n in train_names], [prepared[n] for n in test_names]
@@ -172,10 +177,29 @@ class Trainer:
         return feeds
 
     @torch.no_grad()
-    def validation_loss(self, samples: Sequence[PreparedSample]) -> float | None:
+    def validate(self, samples: Sequence[PreparedSample]) -> dict:
+        """Validation loss and the metrics NSS, CC and AUC-Judd (MIT conventions)
+        on the held-out images: the net's map (sigmoid of the loss's score
+        blob) resized to each image as Salicon does, against the image's
+        fixations and fixation map."""
+        from . import metrics as M
+        from .preprocess import saliency_to_image_size
         if not samples:
-            return None
-        return sum(self.backend.loss(self.feeds(sample)) for sample in samples) / len(samples)
+            return {"val_loss": None}
+        losses, scores = [], {"NSS": [], "CC": [], "AUC_Judd": []}
+        for sample in samples:
+            loss, logits = self.backend.evaluate(self.feeds(sample), self.map_blob)
+            losses.append(loss)
+            binary, density = self.val_truth[sample.name]
+            sal = saliency_to_image_size(torch.sigmoid(torch.from_numpy(logits)), binary.shape)
+            for name, fn, gt in (("NSS", M.nss, binary), ("CC", M.cc, density), ("AUC_Judd", M.auc_judd, binary)):
+                try:
+                    scores[name].append(fn(sal, gt))
+                except M.MetricError:
+                    pass
+        out = {"val_loss": float(np.mean(losses))}
+        out.update({f"val_{k}": float(np.mean(v)) for k, v in scores.items() if v})
+        return out
 
     # ------------------------------------------------------------- loop
     def run(self, progress: bool = True) -> TrainResult:
@@ -219,14 +243,13 @@ class Trainer:
                     order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
                     order_epoch = epoch
                     if pos == 0 and epoch > 0:
-                        val = self.validation_loss(test)
-                        record = {"event": "epoch", "epoch": epoch, "iter": it, "val_loss": val,
+                        val = self.validate(test)
+                        record = {"event": "epoch", "epoch": epoch, "iter": it, **val,
                                   "time": time.perf_counter() - start}
                         log.write(json.dumps(record) + "\n")
                         log.flush()
                         history.append(record)
-                        self.say(f"epoch {epoch} done at iter {it}: validation loss "
-                                 f"{val if val is None else round(val, 4)}")
+                        self.say(f"epoch {epoch} done at iter {it}: " + _describe(val))
                 sample = train[order[pos]]
                 feeds = self.feeds(sample)
                 try:
@@ -263,9 +286,9 @@ class Trainer:
             model, state = last_snapshot
         else:
             model, state = self.backend.snapshot(self.prefix)
-        val = self.validation_loss(test) if not failed else None
+        val = self.validate(test) if not failed else {"val_loss": None}
         seconds = time.perf_counter() - start
-        record = {"event": "end", "iter": self.backend.iter, "reason": stop_reason, "val_loss": val,
+        record = {"event": "end", "iter": self.backend.iter, "reason": stop_reason, **val,
                   "time": seconds, "model": model.name}
         with open(log_path, "a") as log:
             log.write(json.dumps(record) + "\n")
@@ -276,11 +299,11 @@ class Trainer:
         except (OSError, ValueError):
             pass
         self.say(f"stopped after {self.backend.iter} iterations ({stop_reason}), {seconds:.0f} s; "
-                 f"validation loss {val if val is None else round(val, 4)}; wrote {model} and {state}")
+                 f"{_describe(val)}; wrote {model} and {state}")
         if failed:
             raise TrainingError(f"training stopped: {stop_reason}; the last good weights are in {model}")
-        return TrainResult(self.backend.iter, seconds, stop_reason, model, state, train_loss, val, log_path,
-                           history)
+        return TrainResult(self.backend.iter, seconds, stop_reason, model, state, train_loss, val["val_loss"],
+                           log_path, history, {k: v for k, v in val.items() if k != "val_loss"})
 
 
 class _TorchBackend:
@@ -308,6 +331,13 @@ class _TorchBackend:
     @torch.no_grad()
     def loss(self, feeds) -> float:
         return float(self._objective(feeds))
+
+    @torch.no_grad()
+    def evaluate(self, feeds, map_blob: str) -> tuple[float, np.ndarray]:
+        with precision_context(self.trainer.config.precision, self.trainer.device):
+            out = self.net(**feeds, blobs=[map_blob])
+            loss = float(self.net.objective(out))
+        return loss, out[map_blob].float().cpu().numpy().reshape(out[map_blob].shape[-2:])
 
     def snapshot(self, prefix):
         return self.solver.snapshot(prefix)
@@ -360,6 +390,11 @@ class _CaffeBackend:
         self.solver.net.forward()
         return self._weighted(self.solver.net.blobs)
 
+    def evaluate(self, feeds, map_blob: str) -> tuple[float, np.ndarray]:
+        loss = self.loss(feeds)
+        data = self.solver.net.blobs[map_blob].data
+        return loss, np.array(data, dtype=np.float32).reshape(data.shape[-2:])
+
     def _weighted(self, blobs) -> float:
         return sum(w * float(np.sum(blobs[name].data)) for name, w in self.loss_tops.items())
 
@@ -369,6 +404,13 @@ class _CaffeBackend:
 
     def restore(self, state):
         self.solver.restore(str(state))
+
+
+def _describe(val: dict) -> str:
+    if val.get("val_loss") is None:
+        return "no validation images"
+    return ", ".join(f"{k[4:] if k.startswith('val_') else k} {v:.4g}" for k, v in val.items()
+                     if v is not None).replace("loss", "validation loss", 1)
 
 
 def _hms(seconds: float) -> str:

@@ -77,7 +77,8 @@ def test_loss_goes_down(setup):
     split = json.loads((out / "split.json").read_text())
     assert len(split["test"]) == 1 and len(split["train"]) == 4 and not set(split["test"]) & set(split["train"])
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert any(r["event"] == "epoch" and r["val_loss"] is not None for r in records)
+    assert any(r["event"] == "epoch" and r["val_loss"] is not None and "val_CC" in r for r in records)
+    assert result.val_metrics["val_CC"] > -1
     assert records[-1]["event"] == "end" and records[-1]["iter"] == 60
     assert {"loss", "lr", "img_per_s"} <= set(next(r for r in records if r["event"] == "train"))
     assert (out / "salicon_iter_60.caffemodel").exists() and (out / "salicon_iter_60.solverstate").exists()
