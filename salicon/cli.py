@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import SaliconError
-from .formats import _umask
+from .formats import atomic_write
 from .image import IMAGE_SUFFIXES, load_image
 
 INPUT_SCALES = {"published": 1.0 / 255.0, "vgg": 1.0}
@@ -65,29 +65,15 @@ def unique_stems(items: list[tuple[Path, Path]]) -> list[Path]:
     return out
 
 
-def _write_atomic(path: Path, write: Callable[[str], None], suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _save_png(path: Path, array: np.ndarray) -> None:
-    _write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"), ".png")
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     def write(tmp):
         with open(tmp, "wb") as fh:
             np.save(fh, array)
-    _write_atomic(path, write, ".npy")
+    atomic_write(path, write)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -109,7 +95,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs_resolved = {src.resolve() for src, _ in items}
     try:
         model = Salicon(args.model, args.prototxt, device=args.device, precision=args.precision, engine=args.engine,
-                        input_scale=INPUT_SCALES.get(args.input_scale) or float(args.input_scale),
+                        input_scale=args.input_scale,
                         resize=args.resize)
     except (SaliconError, ValueError) as exc:
         _error(str(exc))
@@ -119,31 +105,53 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = len(missing)
     written = 0
     bar = tqdm(total=len(items), unit="img", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
-    for index, result in model.iter_saliency([src for src, _ in items], batch_size=args.batch_size):
-        src, stem = items[index][0], stems[index]
-        bar.update(1)
-        try:
+
+    def report(src: Path, exc: Exception) -> None:
+        nonlocal failed
+        failed += 1
+        message = str(exc) if str(src) in str(exc) else f"{src}: {exc}"
+        bar.write(f"salicon: error: {message}", file=sys.stderr)
+
+    def save(src: Path, stem: Path, sal: np.ndarray) -> None:
+        targets = {"map": outdir / stem.with_name(stem.name + ".png")}
+        if args.npy:
+            targets["npy"] = outdir / stem.with_name(stem.name + ".npy")
+        if args.overlay:
+            targets["overlay"] = outdir / stem.with_name(stem.name + "_overlay.png")
+        clash = [t for t in targets.values() if t.resolve() in inputs_resolved]
+        if clash:
+            raise SaliconError(f"output {clash[0]} would overwrite an input image; choose another -o")
+        if args.threshold is not None:
+            sal = threshold_map(sal, args.threshold)
+        _save_png(targets["map"], to_uint8(sal))
+        if args.npy:
+            _save_npy(targets["npy"], sal.astype(np.float32))
+        if args.overlay:
+            _save_png(targets["overlay"], overlay(load_image(src), sal))
+
+    # Files are encoded and written by a writer thread while the net computes.
+    with ThreadPoolExecutor(max_workers=2) as writer:
+        pending: deque = deque()
+
+        def collect(block: bool) -> None:
+            nonlocal written
+            while pending and (block or pending[0][1].done()):
+                src, future = pending.popleft()
+                try:
+                    future.result()
+                    written += 1
+                except (SaliconError, OSError, ValueError) as exc:
+                    report(src, exc)
+
+        for index, result in model.iter_saliency([src for src, _ in items], batch_size=args.batch_size):
+            src, stem = items[index][0], stems[index]
+            bar.update(1)
             if isinstance(result, Exception):
-                raise result
-            targets = {"map": outdir / stem.with_name(stem.name + ".png")}
-            if args.npy:
-                targets["npy"] = outdir / stem.with_name(stem.name + ".npy")
-            if args.overlay:
-                targets["overlay"] = outdir / stem.with_name(stem.name + "_overlay.png")
-            clash = [t for t in targets.values() if t.resolve() in inputs_resolved]
-            if clash:
-                raise SaliconError(f"output {clash[0]} would overwrite an input image; choose another -o")
-            sal = result if args.threshold is None else threshold_map(result, args.threshold)
-            _save_png(targets["map"], to_uint8(sal))
-            if args.npy:
-                _save_npy(targets["npy"], sal.astype(np.float32))
-            if args.overlay:
-                _save_png(targets["overlay"], overlay(load_image(src), sal))
-            written += 1
-        except (SaliconError, OSError, ValueError) as exc:
-            failed += 1
-            message = str(exc) if str(src) in str(exc) else f"{src}: {exc}"
-            bar.write(f"salicon: error: {message}", file=sys.stderr)
+                report(src, result)
+                continue
+            pending.append((src, writer.submit(save, src, stem, result)))
+            collect(block=len(pending) > 8)
+        collect(block=True)
     bar.close()
     if not args.quiet:
         print(f"wrote {written} saliency map(s) to {outdir}" + (f"; {failed} failed" if failed else ""),
@@ -198,7 +206,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, solver=args.solver or str(prototxt_path("solver.prototxt")),
         prototxt=args.prototxt, weights=args.weights, resume=args.resume, time_limit=args.time_limit,
         max_iter=args.max_iter, device=args.device, precision=args.precision, seed=args.seed,
-        test=args.test, input_scale=INPUT_SCALES.get(args.input_scale) or float(args.input_scale),
+        test=args.test, input_scale=args.input_scale,
         sigma=args.sigma, workers=args.workers, snapshot=args.snapshot, split=args.split, maps=args.maps,
         engine=args.engine)
     try:
@@ -240,7 +248,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             from .model import Salicon
             model = Salicon(args.model, args.prototxt, device=args.device, engine=args.engine,
                             precision=args.precision,
-                            input_scale=INPUT_SCALES.get(args.input_scale) or float(args.input_scale))
+                            input_scale=args.input_scale)
             predict, model_name = (lambda sample: model.compute_saliency(sample.image_path)), "salicon"
         total = len(names) if names is not None else len(dataset)
         with tqdm(total=total, unit="img", disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as bar:
@@ -267,6 +275,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ main
 
 
+def _input_scale(text: str) -> float:
+    if text in INPUT_SCALES:
+        return INPUT_SCALES[text]
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid input scale {text!r}: 'published', 'vgg' or a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"input scale must be positive, not {text}")
+    return value
+
+
+def _add_engine_options(p: argparse.ArgumentParser, engine_help: str) -> None:
+    """--device, --engine, --precision and --input-scale, shared by predict, train and evaluate."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--engine", default="auto", choices=["auto", "pytorch", "caffe"], help=engine_help)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="numerics: fp32 (exact), tf32 or bf16 autocast (faster on GPUs)")
+    p.add_argument("--input-scale", default="published", type=_input_scale,
+                   help="factor after mean subtraction: 'published' (1/255, for the published weights), "
+                        "'vgg' (1) or a number")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="salicon",
@@ -284,15 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the maps")
     p.add_argument("--model", help="trained .caffemodel (default: the shipped pretrained model)")
     p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--engine", default="auto", choices=["auto", "pytorch", "caffe"],
-                   help="pytorch (auto) or real Caffe through pycaffe (CPU; scripts/install_caffe.sh)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
-                   help="numerics of the forward pass (tf32/bf16: faster on GPUs)")
+    _add_engine_options(p, "pytorch (auto) or real Caffe through pycaffe (CPU; scripts/install_caffe.sh)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    p.add_argument("--input-scale", default="published",
-                   help="factor after mean subtraction: 'published' (1/255, for the published weights), "
-                        "'vgg' (1) or a number")
     p.add_argument("--resize", default="spline", choices=["spline", "scipy", "bilinear"],
                    help="resize method (spline = the published cubic zoom, computed fast)")
     p.add_argument("--npy", action="store_true", help="also write the float32 map as .npy")
@@ -324,16 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this long (seconds, or with s/m/h)")
     p.add_argument("--max-iter", type=int, help="stop after this many iterations (default: the solver's)")
     p.add_argument("--snapshot", type=int, help="snapshot interval in iterations (default: the solver's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--engine", default="auto", choices=["auto", "pytorch", "caffe"],
-                   help="pytorch (auto), or real Caffe's own solver through pycaffe (CPU)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
-                   help="numerics of the forward/backward passes (bf16: autocast, GPUs)")
+    _add_engine_options(p, "pytorch (auto), or real Caffe's own solver through pycaffe (CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the image order and fillers")
     p.add_argument("--test", type=float, default=0.1, help="held-out images: a count, or a fraction if < 1")
     p.add_argument("--split", help="reuse this split.json instead of drawing one")
-    p.add_argument("--input-scale", default="published",
-                   help="'published' (1/255), 'vgg' (1) or a number")
     p.add_argument("--sigma", type=float, default=24.0, help="fixation-map blur (px) for fixation points")
     p.add_argument("--workers", type=int, help="data preparation threads (default: cores, at most 8)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -358,10 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help=f"comma-separated subset of: {', '.join(DEFAULT_METRIC_NAMES)}")
     p.add_argument("--out", default="evaluation", help="output folder")
     p.add_argument("--pictures", action="store_true", help="also write score histograms and a contact sheet")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--engine", default="auto", choices=["auto", "pytorch", "caffe"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
-    p.add_argument("--input-scale", default="published", help="'published' (1/255), 'vgg' (1) or a number")
+    _add_engine_options(p, "pytorch (auto) or real Caffe through pycaffe (CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of AUC jitter and negative sampling")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

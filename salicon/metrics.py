@@ -235,14 +235,21 @@ def cc(saliency_map: np.ndarray, fixation_density: np.ndarray) -> float:
     return float((a * b).sum() / denom)
 
 
-def sim(saliency_map: np.ndarray, fixation_density: np.ndarray) -> float:
+def sim(saliency_map: np.ndarray, fixation_density: np.ndarray, convention: str = "mit") -> float:
     """Similarity (histogram intersection): the sum of the pixel-wise minima of
-    the two maps, each min-max normalised then scaled to sum 1 (MIT SIM.m).
-    1 for identical distributions, 0 for disjoint ones."""
+    the two maps as distributions. 1 for identical distributions, 0 for
+    disjoint ones. MIT (SIM.m): each map min-max normalised, then scaled to
+    sum 1. pysaliency: no min-max; a map is shifted only if it has negative
+    values, then scaled to sum 1 (so a map's offset counts)."""
+    _check_convention(convention)
     gt = _check_map(fixation_density, "fixation density")
-    sal = resize_to(saliency_map, gt.shape)
-    p = _as_distribution(_normalize_minmax(sal), "saliency map")
-    q = _as_distribution(_normalize_minmax(gt), "fixation density")
+    sal = resize_to(saliency_map, gt.shape, convention)
+    if convention == "mit":
+        p = _as_distribution(_normalize_minmax(sal), "saliency map")
+        q = _as_distribution(_normalize_minmax(gt), "fixation density")
+    else:
+        p = _as_distribution(sal - min(sal.min(), 0.0), "saliency map")
+        q = _as_distribution(gt - min(gt.min(), 0.0), "fixation density")
     return float(np.minimum(p, q).sum())
 
 
