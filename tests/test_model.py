@@ -161,3 +161,9 @@ def test_missing_layer_in_model_is_an_error(small_prototxt, tmp_path):
     formats.write_caffemodel(tmp_path / "partial.caffemodel", net.net_param, arrays)
     with pytest.raises(SaliconError, match="saliency_map"):
         Salicon(tmp_path / "partial.caffemodel", small_prototxt, device="cpu")
+
+
+def test_bf16_precision_agrees_with_fp32(small_model, small_prototxt, photo):
+    exact = Salicon(small_model, small_prototxt, device="cpu").compute_saliency(photo)
+    fast = Salicon(small_model, small_prototxt, device="cpu", precision="bf16").compute_saliency(photo)
+    assert np.corrcoef(exact.ravel(), fast.ravel())[0, 1] > 0.99

@@ -172,3 +172,9 @@ def test_train_on_caffe_engine(setup):
         for x, y in zip(a[name], b[name]):
             np.testing.assert_allclose(x, y, atol=1e-4 * max(1.0, float(np.abs(y).max())))
     assert torch.isfinite(torch.from_numpy(a["saliency_map"][0])).all()
+
+
+def test_bf16_autocast_steps_run(setup):
+    """The GPU option, exercised with CPU autocast: finite losses, weights move."""
+    result = train(setup("bf16", max_iter=3, precision="bf16"), progress=False, log=lambda m: None)
+    assert result.iterations == 3 and np.isfinite(result.train_loss)
