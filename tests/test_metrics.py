@@ -141,7 +141,7 @@ def test_resizing_and_errors(case):
 def test_against_pysaliency_where_installed(case, monkeypatch):
     if not hasattr(np, "trapz"):  # pysaliency's AUC calls np.trapz, gone in numpy 2.4
         monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
-    pysaliency = pytest.importorskip("pysaliency", reason="pysaliency is not installed (optional reference)")
+    pytest.importorskip("pysaliency", reason="pysaliency is not installed (optional reference)")
     import pysaliency.metrics as PM
     from pysaliency.roc import general_roc
     sal, fix, density = case

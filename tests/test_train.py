@@ -167,10 +167,11 @@ def test_train_on_caffe_engine(setup):
     torch_run = train(setup("torch", max_iter=4), progress=False, log=lambda m: None)
     a = formats.load_caffemodel_arrays(result.final_model)
     b = formats.load_caffemodel_arrays(torch_run.final_model)
-    moved = 0
+    init = formats.load_caffemodel_arrays(setup("unused").weights)
     for name in b:
         for x, y in zip(a[name], b[name]):
             np.testing.assert_allclose(x, y, atol=1e-4 * max(1.0, float(np.abs(y).max())))
+    assert not np.array_equal(a["saliency_map"][0], init["saliency_map"][0])  # Caffe's solver moved it
     assert torch.isfinite(torch.from_numpy(a["saliency_map"][0])).all()
 
 

@@ -19,7 +19,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..proto import caffe_pb2
 from .layers import Layer, Shape
 
 
@@ -186,7 +185,3 @@ class PythonLayer(Layer):
     def forward(self, *bottoms):
         out = _PythonLayerFunction.apply(self, *bottoms)
         return out if isinstance(out, tuple) else (out,)
-
-
-def is_python_layer(param: caffe_pb2.LayerParameter) -> bool:
-    return param.type == "Python"
