@@ -85,8 +85,11 @@ def precision_context(precision: str, device: torch.device):
     allow = precision == "tf32"
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = allow
+    cudnn = torch.backends.cudnn
     try:
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow):
+        # Input shapes are fixed by the prototxt, so cuDNN's autotuner pays off.
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=True, deterministic=cudnn.deterministic,
+                         allow_tf32=allow):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
