@@ -32,6 +32,8 @@ def main() -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "tf32", "bf16"])
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per setting")
+    parser.add_argument("--predict", type=int, default=0, metavar="N",
+                        help="also time `salicon predict` end to end over N 800x600 JPEGs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -81,10 +83,50 @@ def main() -> int:
             results["runs"].append(row)
             print(f"batch {batch:3d} {precision:5s}: {row['img_per_s']:8.1f} img/s ({row['tflops']:.0f} TFLOP/s)"
                   + (f", CC {cc:.5f}, max |diff| {max_diff:.4f} vs fp32" if cc is not None else ""))
+    if args.predict:
+        results["predict"] = time_predict(args.predict, max(args.batch_sizes), "bf16" if "bf16" in args.precisions
+                                          else args.precisions[-1])
+        r = results["predict"]
+        print(f"salicon predict: {r['images']} JPEGs 800x600, batch {r['batch']}, {r['precision']}: "
+              f"{r['img_per_s']:.1f} img/s end to end (decode, resize, forward, PNG writing)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def time_predict(n: int, batch: int, precision: str) -> dict:
+    """`salicon predict` over a folder of n distinct 800x600 JPEGs (after a warm-up run)."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    from salicon.cli import main as cli
+    from salicon.weights import init_from_vgg16
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base = np.asarray(Image.fromarray(data.astronaut()).resize((800, 600)))
+        (tmp / "in").mkdir()
+        for i in range(n):
+            Image.fromarray(np.roll(base, 7 * i, axis=1)).save(tmp / "in" / f"{i:05d}.jpg", quality=90)
+        model = tmp / "model.caffemodel"
+        if VGG16.exists():
+            init_from_vgg16(VGG16, seed=0)[0].save(model)
+        else:
+            from salicon.engine import Net
+            from salicon.model import prototxt_path
+            Net(prototxt_path(), seed=0).save(model)
+        args = ["predict", str(tmp / "in"), "--model", str(model), "--device", "cuda", "--batch-size", str(batch),
+                "--precision", precision, "-q"]
+        cli(args + ["-o", str(tmp / "warm")])
+        start = time.perf_counter()
+        code = cli(args + ["-o", str(tmp / "out")])
+        elapsed = time.perf_counter() - start
+    return {"images": n, "batch": batch, "precision": precision, "seconds": elapsed, "img_per_s": n / elapsed,
+            "exit_code": code}
 
 
 if __name__ == "__main__":

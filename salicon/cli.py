@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -130,7 +131,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             _save_png(targets["overlay"], overlay(load_image(src), sal))
 
     # Files are encoded and written by a writer thread while the net computes.
-    with ThreadPoolExecutor(max_workers=2) as writer:
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as writer:
         pending: deque = deque()
 
         def collect(block: bool) -> None:

@@ -194,12 +194,14 @@ class Salicon:
         return self.postprocess(raw[0], size)
 
     def iter_saliency(self, images: Iterable[ImageLike], batch_size: int = 1,
-                      workers: int = 2) -> Iterator[tuple[int, np.ndarray | Exception]]:
+                      workers: int | None = None) -> Iterator[tuple[int, np.ndarray | Exception]]:
         """Yield ``(index, map)`` for each image, or ``(index, error)`` for one that
         cannot be read, so one bad file does not stop the others. Images are
-        decoded and resized in ``workers`` threads ahead of the net."""
+        decoded and resized in ``workers`` threads (default: the cores, at most
+        8) ahead of the net."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        workers = workers or min(8, os.cpu_count() or 1)
 
         def prepare(item):
             try:

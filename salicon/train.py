@@ -108,7 +108,6 @@ class Trainer:
         self.config = config
         self.say = log
         self.out = Path(config.out)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.solver_param = read_solver(config.solver)
         if config.snapshot is not None:
             self.solver_param.snapshot = config.snapshot
@@ -127,6 +126,7 @@ class Trainer:
         self.target_size = tuple(self.net.input_shapes[TARGET_BLOB][-2:])
         if config.weights and not config.resume:
             self.net.copy_from(config.weights, strict=False)
+        self.out.mkdir(parents=True, exist_ok=True)  # only once the configuration is known to be good
         self.prefix = self.out / (Path(self.solver_param.snapshot_prefix or "salicon").name)
         self.loss_tops = dict(self.net.loss_weights)
         loss_layers = [lp for lp in self.net.layer_params.values() if set(lp.top) & set(self.loss_tops)]
