@@ -147,6 +147,8 @@ class Trainer:
         cfg = self.config
         dataset = open_dataset(cfg.data, cfg.maps, sigma=cfg.sigma)
         split_file = Path(cfg.split) if cfg.split else self.out / "split.json"
+        if cfg.split and not split_file.exists():
+            raise TrainingError(f"{split_file}: no such split file")
         if split_file.exists():
             split = json.loads(split_file.read_text())
             train_names, test_names = split["train"], split["test"]
@@ -155,8 +157,8 @@ class Trainer:
                 raise TrainingError(f"{split_file}: names not in {cfg.data}: {', '.join(unknown[:10])}")
         else:
             train_names, test_names = split_names(dataset.names(), cfg.test, cfg.seed)
-            formats._atomic_write(split_file, json.dumps({"seed": cfg.seed, "train": train_names,
-                                                          "test": test_names}, indent=1).encode())
+            text = json.dumps({"seed": cfg.seed, "train": train_names, "test": test_names}, indent=1)
+            formats.atomic_write(split_file, lambda tmp: Path(tmp).write_text(text))
         wanted = set(train_names) | set(test_names)
         samples = [s for s in dataset.samples if s.name in wanted]
         start = time.perf_counter()
