@@ -152,19 +152,10 @@ def _list_images(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _read_map(path: Path) -> np.ndarray:
-    """A fixation-map image as HxW float in [0, 1] (8- or 16-bit, any mode)."""
-    with Image.open(path) as img:
-        img.load()
-        arr = np.asarray(img)
-    if arr.ndim == 3:
-        arr = arr[..., :3].mean(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
-    arr = arr.astype(np.float64)
-    if arr.max(initial=0) > 255:
-        arr = arr / 65535.0
-    elif arr.max(initial=0) > 1:
-        arr = arr / 255.0
-    return arr
+def read_gray_map(path: Path) -> np.ndarray:
+    """A map stored as an image (fixation map, or another model's saliency
+    map) as HxW float64 in [0, 1]: any mode, 8 or 16 bits, colour averaged."""
+    return load_image(path).mean(axis=2).astype(np.float64) / 255.0
 
 
 class Dataset:
@@ -193,9 +184,9 @@ class Dataset:
             binary = read_fixation_points(sample.points_path)
         if sample.map_path is not None:
             try:
-                density = _read_map(sample.map_path)
-            except (OSError, ValueError, SyntaxError) as exc:
-                raise DataError(f"{sample.map_path}: cannot read the fixation map ({exc})") from None
+                density = read_gray_map(sample.map_path)
+            except ImageError as exc:
+                raise DataError(f"cannot read the fixation map: {exc}") from None
         elif sample.fixations is not None:
             density = fixation_density(sample.fixations, shape, self.sigma, self.window)
         elif binary is not None:

@@ -28,9 +28,8 @@ from typing import Callable, Iterable, Sequence, Union
 import numpy as np
 
 from . import metrics as M
-from .data import Dataset, Fixations, Sample, fixation_density, fixated_pixels
+from .data import Dataset, Fixations, Sample, fixated_pixels, fixation_density, read_gray_map
 from .errors import SaliconError
-from .image import load_image
 
 PathLike = Union[str, os.PathLike]
 
@@ -266,7 +265,6 @@ def saliency_maps_from_folder(folder: PathLike) -> Callable[[Sample], np.ndarray
         if npy.exists():
             return np.load(npy).astype(np.float64)
         for path in sorted(folder.glob(f"{Path(stem).name}.*")):
-            rgb = load_image(path)
-            return rgb.mean(axis=2) / 255.0
+            return read_gray_map(path)
         raise SaliconError(f"{folder}: no saliency map for image '{stem}'")
     return predict

@@ -32,9 +32,10 @@ RESIZE_METHODS = ("spline", "scipy", "bilinear")
 
 
 @lru_cache(maxsize=64)
-def spline_zoom_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) float64 matrix equal to scipy.ndimage.zoom(order=3, mode='nearest')
-    along one axis from n_in to n_out samples."""
+def zoom_matrix(n_out: int, n_in: int, order: int = 3) -> np.ndarray:
+    """(n_out, n_in) float64 matrix equal to scipy.ndimage.zoom(order=order,
+    mode='nearest') along one axis from n_in to n_out samples (order 3: the
+    published cubic spline; order 1: linear with aligned end points)."""
     # Zoom the columns of an identity matrix along axis 0 (axis 1 keeps its
     # samples exactly); in blocks, so huge images do not need an n_in^2 array.
     mat = np.empty((n_out, n_in), dtype=np.float64)
@@ -43,7 +44,7 @@ def spline_zoom_matrix(n_out: int, n_in: int) -> np.ndarray:
         stop = min(n_in, start + block)
         eye = np.zeros((n_in, stop - start))
         eye[np.arange(start, stop), np.arange(stop - start)] = 1.0
-        cols = scipy.ndimage.zoom(eye, (n_out / n_in, 1.0), order=3, mode="nearest")
+        cols = scipy.ndimage.zoom(eye, (n_out / n_in, 1.0), order=order, mode="nearest")
         if cols.shape[0] != n_out:  # zoom rounds the output size; it must be n_out
             raise AssertionError(f"zoom gave {cols.shape[0]} rows, expected {n_out}")
         mat[:, start:stop] = cols
@@ -52,28 +53,11 @@ def spline_zoom_matrix(n_out: int, n_in: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def linear_zoom_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) matrix of linear interpolation with aligned end points
-    (scipy.ndimage.zoom order=1)."""
-    mat = np.zeros((n_out, n_in))
-    if n_in == 1 or n_out == 1:
-        mat[:, 0] = 1.0
-    else:
-        src = np.arange(n_out) * (n_in - 1) / (n_out - 1)
-        lo = np.minimum(np.floor(src).astype(np.int64), n_in - 2)
-        frac = src - lo
-        mat[np.arange(n_out), lo] += 1.0 - frac
-        mat[np.arange(n_out), lo + 1] += frac
-    mat.setflags(write=False)
-    return mat
-
-
-@lru_cache(maxsize=64)
 def _matrices(method: str, size: tuple[int, int], in_size: tuple[int, int], device: torch.device,
               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    build = spline_zoom_matrix if method == "spline" else linear_zoom_matrix
-    ah = torch.tensor(build(size[0], in_size[0]), dtype=dtype, device=device)
-    aw = torch.tensor(build(size[1], in_size[1]), dtype=dtype, device=device)
+    order = 3 if method == "spline" else 1
+    ah = torch.tensor(zoom_matrix(size[0], in_size[0], order), dtype=dtype, device=device)
+    aw = torch.tensor(zoom_matrix(size[1], in_size[1], order), dtype=dtype, device=device)
     return ah, aw
 
 
