@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, Union
 
@@ -51,12 +51,11 @@ class Fixations:
 
 @dataclass
 class Sample:
-    """One image with its fixation map (HxW in [0, 1]) and, where the data set
-    has them, its fixation points."""
+    """One image with where its ground truth lies: fixation points, a
+    fixation-map image and/or a fixation-point file."""
 
     name: str
     image_path: Path
-    fixation_map: np.ndarray | None = None
     fixations: Fixations | None = None
     map_path: Path | None = None
     points_path: Path | None = None   # a binary fixation-point image or a fixLocs .mat
@@ -162,11 +161,8 @@ class Dataset:
     """Base of the loaders: ``samples`` (one per image), and how fixation maps
     are made when the data set gives only points (``sigma``, ``window``)."""
 
-    name = "dataset"
     sigma: float = OSIE_SIGMA
     window: int | None = OSIE_WINDOW
-    #: One line for the README's table of conventions.
-    convention = ""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -232,8 +228,6 @@ class FolderDataset(Dataset):
     OpenSALICON layout), optionally fixation-point images (nonzero = fixated)
     in a third. Any common image format."""
 
-    name = "folder"
-    convention = "fixation maps as given; points from the optional fixation-point images"
 
     def __init__(self, images: PathLike, maps: PathLike, points: PathLike | None = None):
         self.images_dir, self.maps_dir = Path(images), Path(maps)
@@ -266,8 +260,6 @@ class MIT1003Dataset(Dataset):
     ``ALLFIXATIONMAPS/<name>_fixMap.jpg`` (continuous) and ``<name>_fixPts.jpg``
     (fixation points). Per-subject data (DATA/) is not read."""
 
-    name = "mit1003"
-    convention = "fixation maps as distributed (ALLFIXATIONMAPS *_fixMap.jpg); points from *_fixPts.jpg"
 
     def __init__(self, root: PathLike):
         self.root = Path(root)
@@ -293,8 +285,6 @@ class CAT2000Dataset(Dataset):
     ``FIXATIONMAPS/<category>/<name>.jpg`` and ``FIXATIONLOCS/<category>/<name>.mat``
     (binary ``fixLocs``). ``root`` is the folder holding those (e.g. trainSet)."""
 
-    name = "cat2000"
-    convention = "fixation maps as distributed (FIXATIONMAPS); points from FIXATIONLOCS fixLocs"
 
     def __init__(self, root: PathLike):
         self.root = Path(root)
@@ -323,10 +313,8 @@ class SALICONDataset(Dataset):
     ``fixations`` are N x 2 (x, y), 1-based. Fixation maps: Gaussian sigma
     19 px, as the SALICON API makes them."""
 
-    name = "salicon"
     sigma = 19.0
     window = None
-    convention = "Gaussian sigma 19 px (SALICON API), window 6 sigma + 1, zero padding"
 
     def __init__(self, root: PathLike, images: str = "images", fixations: str = "fixations"):
         import scipy.io
@@ -369,8 +357,6 @@ class OSIEDataset(Dataset):
     image, 1-based pixel coordinates). Fixation maps are made here with the
     data set's own convention (Gaussian ``sigma`` px, ``window`` taps)."""
 
-    name = "osie"
-    convention = "Gaussian sigma 24 px in a 168x168 window, zero padding (OSIE's code)"
 
     def __init__(self, root: PathLike, sigma: float = OSIE_SIGMA, window: int | None = OSIE_WINDOW):
         import scipy.io
@@ -467,14 +453,6 @@ class PreparedSample:
     name: str
     image: np.ndarray          # HxWx3 uint8 RGB
     target: np.ndarray         # float32, the net's output size
-    fixations: Fixations | None = None
-    fixation_map_shape: tuple[int, int] = (0, 0)
-
-
-@dataclass
-class Prepared:
-    samples: list[PreparedSample] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def _prepare_one(dataset: Dataset, sample: Sample, target_size) -> PreparedSample:
@@ -482,7 +460,7 @@ def _prepare_one(dataset: Dataset, sample: Sample, target_size) -> PreparedSampl
     image = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
     shape = image.shape[:2]
     _, density = dataset.ground_truth(sample, shape)
-    return PreparedSample(sample.name, image, training_target(density, target_size), sample.fixations, shape)
+    return PreparedSample(sample.name, image, training_target(density, target_size))
 
 
 def prepare(dataset: Dataset, samples: Sequence[Sample], target_size: Sequence[int], workers: int | None = None,

@@ -77,9 +77,9 @@ class GroundTruth:
 
 
 def load_ground_truth(dataset: Dataset, sample: Sample) -> GroundTruth:
-    from PIL import Image
+    """The ground truth at the size of the (EXIF-upright) image."""
+    from PIL import Image, ImageOps
     with Image.open(sample.image_path) as img:
-        from PIL import ImageOps
         w, h = ImageOps.exif_transpose(img).size
     binary, density = dataset.ground_truth(sample, (h, w))
     rows, cols = np.nonzero(binary)

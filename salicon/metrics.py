@@ -129,7 +129,7 @@ def _exact_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     return float((below + 0.5 * equal).sum() / (positives.size * negatives.size))
 
 
-def _auc_with_negatives(sal: np.ndarray, positives: np.ndarray, negatives: np.ndarray, step: float) -> float:
+def _auc_with_negatives(positives: np.ndarray, negatives: np.ndarray, step: float) -> float:
     """MIT's AUC_Borji/AUC_shuffled inner loop: thresholds from max down to 0 in ``step``."""
     top = max(positives.max(), negatives.max())
     thresholds = np.arange(0.0, top + 1e-12, step)[::-1]
@@ -152,7 +152,7 @@ def auc_borji(saliency_map: np.ndarray, fixation_map: np.ndarray, n_splits: int 
     positives = sal[fix]
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, s.size, size=(n_splits, positives.size))
-    return float(np.mean([_auc_with_negatives(sal, positives, s[d], step) for d in draws]))
+    return float(np.mean([_auc_with_negatives(positives, s[d], step) for d in draws]))
 
 
 def auc_shuffled(saliency_map: np.ndarray, fixation_map: np.ndarray, other_map: np.ndarray,
@@ -181,7 +181,7 @@ def auc_shuffled(saliency_map: np.ndarray, fixation_map: np.ndarray, other_map: 
     candidates = sal[other]
     n_neg = min(positives.size, candidates.size)
     rng = np.random.default_rng(seed)
-    aucs = [_auc_with_negatives(sal, positives, candidates[rng.permutation(candidates.size)[:n_neg]], step)
+    aucs = [_auc_with_negatives(positives, candidates[rng.permutation(candidates.size)[:n_neg]], step)
             for _ in range(n_splits)]
     return float(np.mean(aucs))
 

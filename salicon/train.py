@@ -164,7 +164,7 @@ class Trainer:
         start = time.perf_counter()
         prepared = {p.name: p for p in prepare(dataset, samples, self.target_size, workers=cfg.workers)}
         by_name = {s.name: s for s in samples}
-        self.val_truth = {n: dataset.ground_truth(by_name[n], prepared[n].fixation_map_shape) for n in test_names}
+        self.val_truth = {n: dataset.ground_truth(by_name[n], prepared[n].image.shape[:2]) for n in test_names}
         self.say(f"prepared {len(prepared)} images in {time.perf_counter() - start:.1f} s "
                  f"({len(train_names)} train, {len(test_names)} held out; split in {split_file})")
         return [prepared[n] for n in train_names], [prepared[n] for n in test_names]

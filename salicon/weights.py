@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Union
-
-import numpy as np
-import torch
 
 from . import formats
 from .engine import Net
@@ -46,25 +44,18 @@ def init_from_vgg16(vgg16: PathLike, prototxt: PathLike | None = None, seed: int
     absent = [name for name in VGG16_CONV_LAYERS if name not in source]
     if absent:
         raise FormatError(f"{vgg16}: no layer(s) {', '.join(absent)}; is this a VGG-16 .caffemodel?")
-    report = InitReport()
     params = net.params
+    targets = {}
     for name in VGG16_CONV_LAYERS:
-        blobs = source[name]
         for target in (name, COARSE_PREFIX + name):
             if target not in params:
                 raise FormatError(f"{prototxt}: has no layer '{target}' to receive VGG-16's '{name}'")
-            dest = params[target]
-            if len(blobs) != len(dest):
-                raise FormatError(f"{vgg16}: layer '{name}' has {len(blobs)} blobs, the net's "
-                                  f"'{target}' has {len(dest)}")
-            for i, (blob, param) in enumerate(zip(blobs, dest)):
-                if not formats.shapes_match(blob, param.shape):
-                    raise FormatError(f"{vgg16}: layer '{name}' blob {i} has shape {formats.blob_shape(blob)} "
-                                      f"but '{target}' in {prototxt} needs {tuple(param.shape)}")
-                array = formats.blob_to_array(blob).reshape(tuple(param.shape))
-                with torch.no_grad():
-                    param.copy_(torch.from_numpy(np.ascontiguousarray(array)))
-            report.copied.append(target)
-    report.initialised = [n for n in params if n not in report.copied]
+            targets[target] = source[name]
+    # Shape checks and legacy (1x1x1xN) biases are the engine's own loading rules.
+    with warnings.catch_warnings():  # layers absent from VGG-16 keep their fillers, as intended
+        warnings.simplefilter("ignore", UserWarning)
+        net.copy_from(targets, source=f"{vgg16} (VGG-16)")
+    report = InitReport(copied=list(targets))
+    report.initialised = [n for n in params if n not in targets]
     report.ignored = [n for n in source if n not in VGG16_CONV_LAYERS]
     return net, report

@@ -215,8 +215,10 @@ class Net(nn.Module):
                 out.append(ParamInfo(name, i, p, float(spec.lr_mult), float(spec.decay_mult)))
         return out
 
-    def copy_from(self, weights: PathLike | Mapping[str, Sequence[ArrayLike]], strict: bool = False) -> list[str]:
-        """Copy parameters from a .caffemodel (or a layer -> arrays mapping).
+    def copy_from(self, weights: PathLike | Mapping[str, Sequence[ArrayLike | caffe_pb2.BlobProto]],
+                  strict: bool = False, source: str | None = None) -> list[str]:
+        """Copy parameters from a .caffemodel, or a mapping layer name -> blobs
+        (arrays or BlobProtos; ``source`` names their origin in messages).
 
         Layers are matched by name, as in Caffe; layers of the file that the net
         lacks are ignored. A blob whose shape differs from the net's raises a
@@ -225,9 +227,9 @@ class Net(nn.Module):
         ``strict=True`` they raise).
         """
         if isinstance(weights, Mapping):
-            source = "<arrays>"
-            file_blobs = {k: [formats.array_to_blob(np.asarray(_to_numpy(a))) for a in v]
-                          for k, v in weights.items()}
+            source = source or "<arrays>"
+            file_blobs = {k: [b if isinstance(b, caffe_pb2.BlobProto) else formats.array_to_blob(_to_numpy(b))
+                              for b in v] for k, v in weights.items()}
         else:
             source = str(weights)
             file_blobs = formats.caffemodel_params(formats.read_caffemodel(weights))
