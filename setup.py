@@ -1,11 +1,13 @@
 """Installs the ``salicon`` package, the ``salicon`` command, the Caffe Python
-layer modules of layers/ (as top-level modules, so Caffe finds them) and the
-prototxt files of prototxt/ (as package data ``salicon.prototxt``)."""
+layer modules of layers/ (as top-level modules, so Caffe finds them), the
+prototxt files of prototxt/ (as package data ``salicon.prototxt``) and the
+pretrained model of models/ (as package data ``salicon.models``)."""
 from setuptools import setup
 
 setup(
-    packages=["salicon", "salicon.engine", "salicon.proto", "salicon.prototxt"],
-    package_dir={"salicon": "salicon", "salicon.prototxt": "prototxt", "": "layers"},
-    package_data={"salicon.prototxt": ["*.prototxt"], "salicon.proto": ["caffe.proto"]},
+    packages=["salicon", "salicon.engine", "salicon.proto", "salicon.prototxt", "salicon.models"],
+    package_dir={"salicon": "salicon", "salicon.prototxt": "prototxt", "salicon.models": "models", "": "layers"},
+    package_data={"salicon.prototxt": ["*.prototxt"], "salicon.proto": ["caffe.proto"],
+                  "salicon.models": ["*.safetensors", "*.json"]},
     py_modules=["CustomData", "custom_interpolation_layer"],
 )

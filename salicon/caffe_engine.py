@@ -14,6 +14,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from . import formats
 from .engine import Net
 from .engine.net import PROJECT_LAYERS_DIR
 from .errors import EngineError
@@ -67,12 +68,16 @@ class CaffeNet:
         self.input_shapes = dict(check.input_shapes)
         self.outputs = list(check.outputs)
         self.source = str(prototxt)
-        del check
         mode = caffe.TEST if phase == "test" else caffe.TRAIN
-        if weights is not None:
+        if weights is not None and not formats.is_safetensors(weights):
             self.net = caffe.Net(str(prototxt), mode, weights=str(weights))
         else:
             self.net = caffe.Net(str(prototxt), mode)
+            if weights is not None:  # Caffe reads only .caffemodels: hand it the checked arrays
+                for name, arrays in check.state_arrays().items():
+                    for blob, array in zip(self.net.params[name], arrays):
+                        blob.data[...] = array
+        del check
 
     def set_inputs(self, **inputs: np.ndarray) -> None:
         """Copy arrays into the input blobs, reshaping them (and the net) if needed."""

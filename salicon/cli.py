@@ -183,6 +183,42 @@ def cmd_init_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- export
+
+
+def cmd_export_caffemodel(args: argparse.Namespace) -> int:
+    from .export import export_caffemodel
+
+    try:
+        paths = export_caffemodel(args.output, args.model, args.prototxt, name=args.name)
+    except (SaliconError, OSError) as exc:
+        _error(str(exc))
+        return 1
+    for path in paths.values():
+        print(f"wrote {path}")
+    print(f"run it in Caffe with {Path(args.output)} on PYTHONPATH (for the Python layers): "
+          f"caffe.Net('{paths['prototxt']}', caffe.TEST, weights='{paths['caffemodel']}')")
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.exists() and (out.is_dir() or out.suffix.lower() != ".onnx") and not args.force:
+        _error(f"{out}: exists and is not an .onnx file; refusing to overwrite it (use --force)")
+        return 1
+    try:
+        from .export import export_onnx
+        export_onnx(out, args.model, args.prototxt, opset=args.opset, dynamic_batch=not args.static_batch)
+    except ModuleNotFoundError as exc:
+        _error(f"ONNX export needs the '{exc.name}' package: pip install -e \".[onnx]\"")
+        return 1
+    except (SaliconError, OSError) as exc:
+        _error(str(exc))
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
 # ------------------------------------------------------------------ train
 
 
@@ -207,7 +243,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, solver=args.solver or str(prototxt_path("solver.prototxt")),
         prototxt=args.prototxt, weights=args.weights, resume=args.resume, time_limit=args.time_limit,
         max_iter=args.max_iter, device=args.device, precision=args.precision, seed=args.seed,
-        test=args.test, input_scale=args.input_scale,
+        test=args.test, input_scale=args.input_scale or INPUT_SCALES["published"],
         sigma=args.sigma, workers=args.workers, snapshot=args.snapshot, split=args.split, maps=args.maps,
         engine=args.engine)
     try:
@@ -294,16 +330,27 @@ def _add_engine_options(p: argparse.ArgumentParser, engine_help: str) -> None:
     p.add_argument("--engine", default="auto", choices=["auto", "pytorch", "caffe"], help=engine_help)
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
                    help="numerics: fp32 (exact), tf32 or bf16 autocast (faster on GPUs)")
-    p.add_argument("--input-scale", default="published", type=_input_scale,
+    p.add_argument("--input-scale", type=_input_scale,
                    help="factor after mean subtraction: 'published' (1/255, for the published weights), "
-                        "'vgg' (1) or a number")
+                        "'vgg' (1) or a number (default: the model file's own convention, else 'published')")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one worth showing (not None, not a flag's False)
+    and the help text does not already describe it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default:" in help_text:
+            return help_text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="salicon",
         description="SALICON saliency maps (OpenSALICON) from Caffe prototxt/.caffemodel files, run on PyTorch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -311,10 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a saliency map PNG (8-bit, the image's size) for each image. "
                                    "Folders contribute their image files. A file that fails is reported "
                                    "and skipped; the exit status is 1 if any failed.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the maps")
-    p.add_argument("--model", help="trained .caffemodel (default: the shipped pretrained model)")
+    p.add_argument("--model", help="trained weights, .caffemodel or .safetensors "
+                                   "(default: the shipped pretrained model, SALICON trained on OSIE)")
     p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
     _add_engine_options(p, "pytorch (auto) or real Caffe through pycaffe (CPU; scripts/install_caffe.sh)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
@@ -334,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "snapshots (.caffemodel + .solverstate) at the solver's interval and at the "
                                    "end, a time limit, Ctrl-C stops cleanly with a snapshot. Writes "
                                    "OUT/log.jsonl and OUT/loss.png.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     p.add_argument("--data", required=True,
                    help="an OSIE folder (stimuli/ + fixations.mat), a folder with images/ and maps/, or an "
                         "image folder with --maps")
@@ -364,10 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "inter-observer bound (each subject predicted from the others) where the data "
                                    "has per-subject fixations. Writes OUT/per_image.csv and OUT/summary.json "
                                    "and prints mean ± std.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     p.add_argument("--dataset", required=True,
                    help="KIND:PATH with KIND osie, folder, mit1003, cat2000 or salicon (or a bare path)")
-    p.add_argument("--model", help="trained .caffemodel (default: the shipped pretrained model)")
+    p.add_argument("--model", help="trained weights, .caffemodel or .safetensors "
+                                   "(default: the shipped pretrained model, SALICON trained on OSIE)")
     p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
     p.add_argument("--saliency-maps", metavar="DIR", help="score precomputed maps (<name>.npy or images) instead")
     p.add_argument("--baselines-only", action="store_true", help="score only the baselines")
@@ -382,11 +431,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("export-caffemodel", help="write the model as a float32 .caffemodel for real Caffe",
+                       description="Write OUT/<name>.caffemodel (float32, current Caffe layout), the test "
+                                   "prototxt and the Python layer modules it needs, so real Caffe runs the "
+                                   "model with the same maps as this package.",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder to write")
+    p.add_argument("--model", help="weights, .caffemodel or .safetensors (default: the shipped pretrained model)")
+    p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+    p.add_argument("--name", help="file name stem of the .caffemodel (default: the model's)")
+    p.set_defaults(func=cmd_export_caffemodel)
+
+    p = sub.add_parser("export-onnx", help="write the model as an ONNX graph (onnxruntime, TensorRT, ...)",
+                       description="Write the test net with its weights as ONNX (float32; inputs fine_scale "
+                                   "and coarse_scale at the prototxt's sizes, dynamic batch; output "
+                                   "saliency_map_out, the raw 38x50 map). Inputs are the preprocessed blobs: "
+                                   "BGR, mean-subtracted, times the input scale (stored in the file's metadata).",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.onnx", help="file to write")
+    p.add_argument("--model", help="weights, .caffemodel or .safetensors (default: the shipped pretrained model)")
+    p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (17 or newer)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch axis to 1")
+    p.add_argument("--force", action="store_true", help="overwrite OUT even if it is not an .onnx file")
+    p.set_defaults(func=cmd_export_onnx)
+
     p = sub.add_parser("init-weights", help="make an untrained model from VGG-16 conv weights",
                        description="Copy VGG-16's conv1_1..conv5_3 into both streams of the SALICON net "
                                    "(fc layers ignored) and initialise saliency_map from the prototxt's "
                                    "fillers, seeded. Reads the legacy Model Zoo layout and the current one.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     p.add_argument("--vgg16", required=True, metavar="FILE.caffemodel", help="VGG-16 weights")
     p.add_argument("-o", "--output", required=True, metavar="OUT.caffemodel", help="file to write")
     p.add_argument("--prototxt", help="train net prototxt (default: prototxt/finetune_salicon.prototxt)")

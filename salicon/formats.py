@@ -1,4 +1,5 @@
-"""Caffe file formats: text prototxt and binary .caffemodel.
+"""Model file formats: Caffe's text prototxt and binary .caffemodel, and
+safetensors weight files.
 
 Reading upgrades legacy definitions (``layers`` with V1 enum types, ``input`` /
 ``input_dim`` fields, 4-D legacy blob dimensions) to the current form, as Caffe
@@ -7,7 +8,9 @@ does when it loads a file. Writing always produces the current form
 """
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence, Union
@@ -336,3 +339,157 @@ def write_prototxt(path: PathLike, msg: _message.Message) -> None:
     """Write a NetParameter or SolverParameter as text."""
     _atomic_write(path, text_format.MessageToString(msg).encode("utf-8"))
 
+
+
+# --------------------------------------------------------------------------
+# safetensors weights
+#
+# The layout (https://huggingface.co/docs/safetensors): an unsigned 64-bit
+# little-endian header length N, N bytes of JSON mapping each tensor name to
+# {"dtype", "shape", "data_offsets": [begin, end]} (offsets into the byte
+# buffer that follows the header) plus an optional "__metadata__" of string
+# pairs, then the raw little-endian, row-major tensor bytes. Weights of a net
+# are stored one tensor per parameter blob, named "<layer>/<blob index>".
+
+SAFETENSORS_DTYPES = {"F16": "<f2", "BF16": None, "F32": "<f4", "F64": "<f8", "I8": "i1", "U8": "u1",
+                      "I16": "<i2", "I32": "<i4", "I64": "<i8", "BOOL": "?"}
+_NUMPY_TO_SAFETENSORS = {np.dtype("<f2"): "F16", np.dtype("<f4"): "F32", np.dtype("<f8"): "F64",
+                         np.dtype("i1"): "I8", np.dtype("u1"): "U8", np.dtype("<i2"): "I16",
+                         np.dtype("<i4"): "I32", np.dtype("<i8"): "I64", np.dtype("?"): "BOOL"}
+_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+
+
+def is_safetensors(path: PathLike) -> bool:
+    """Whether ``path`` starts like a safetensors file (length, then a JSON object)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    (length,) = struct.unpack("<Q", head[:8])
+    return 2 <= length <= _SAFETENSORS_MAX_HEADER and head[8:9] == b"{"
+
+
+def write_safetensors(path: PathLike, tensors: Mapping[str, np.ndarray],
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """Write named arrays (and string metadata) as a safetensors file, atomically."""
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    arrays, offset = [], 0
+    for name, value in tensors.items():
+        array = np.asarray(value)
+        array = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")  # keeps 0-d arrays 0-d
+        dtype = _NUMPY_TO_SAFETENSORS.get(array.dtype)
+        if dtype is None:
+            raise FormatError(f"{path}: tensor '{name}' has dtype {array.dtype}, which safetensors lacks")
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        arrays.append(array)
+        offset += array.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # 8-byte alignment of the data, as the format recommends
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(struct.pack("<Q", len(text)))
+            fh.write(text)
+            for array in arrays:
+                fh.write(array.tobytes())
+    atomic_write(path, write)
+
+
+def read_safetensors_metadata(path: PathLike) -> dict[str, str]:
+    """Only the ``__metadata__`` of a safetensors file (reads just the header)."""
+    try:
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(min(length, _SAFETENSORS_MAX_HEADER)).decode("utf-8"))
+    except (OSError, struct.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path}: cannot read the safetensors header ({exc})") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in (metadata or {}).items()}
+
+
+def read_safetensors(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a safetensors file: name -> array (its stored dtype; bfloat16 is
+    widened to float32) and the metadata. Every inconsistency in the header
+    raises a FormatError naming the file and the tensor."""
+    data = _read_bytes(path, "safetensors")
+    if len(data) < 8:
+        raise FormatError(f"{path}: {len(data)} bytes; too short for a safetensors file")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > min(len(data) - 8, _SAFETENSORS_MAX_HEADER):
+        raise FormatError(f"{path}: the safetensors header claims {length} bytes but the file has "
+                          f"{len(data) - 8} after the length field (truncated or not a safetensors file)")
+    try:
+        header = json.loads(data[8:8 + length].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path}: the safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: the safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    buffer = memoryview(data)[8 + length:]
+    tensors, spans = {}, []
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{path}: tensor '{name}' has a malformed header entry {info!r}") from None
+        if dtype not in SAFETENSORS_DTYPES:
+            raise FormatError(f"{path}: tensor '{name}' has unsupported dtype {dtype!r}")
+        itemsize = 2 if dtype == "BF16" else np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize
+        count = int(np.prod(shape)) if shape else 1
+        if not (0 <= begin <= end <= len(buffer)) or end - begin != count * itemsize:
+            raise FormatError(f"{path}: tensor '{name}' ({dtype}, shape {tuple(shape)}) has data offsets "
+                              f"[{begin}, {end}] that do not fit its size or the file "
+                              f"({len(buffer)} data bytes; truncated?)")
+        raw = buffer[begin:end]
+        if dtype == "BF16":  # widen: bfloat16 is the top half of a float32
+            array = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            array = np.frombuffer(raw, SAFETENSORS_DTYPES[dtype])
+        tensors[name] = array.reshape(shape)
+        spans.append((begin, end))
+    spans.sort()
+    position = 0
+    for begin, end in spans:
+        if begin != position:
+            raise FormatError(f"{path}: safetensors data has a gap or overlap at byte {position}")
+        position = end
+    if position != len(buffer):
+        raise FormatError(f"{path}: {len(buffer) - position} bytes after the last tensor")
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def params_to_tensors(params: Mapping[str, Sequence[np.ndarray]], dtype=np.float16) -> dict[str, np.ndarray]:
+    """Layer name -> blobs, as safetensors entries ``"<layer>/<blob index>"`` of ``dtype``."""
+    return {f"{layer}/{i}": np.asarray(blob).astype(dtype) for layer, blobs in params.items()
+            for i, blob in enumerate(blobs)}
+
+
+def tensors_to_params(tensors: Mapping[str, np.ndarray], source: PathLike = "<tensors>") -> dict[str, list[np.ndarray]]:
+    """Inverse of :func:`params_to_tensors`: float32 blobs per layer, in blob order."""
+    grouped: dict[str, dict[int, np.ndarray]] = {}
+    for key, array in tensors.items():
+        layer, sep, index = key.rpartition("/")
+        if not sep or not index.isdigit():
+            raise FormatError(f"{source}: tensor '{key}' is not named '<layer>/<blob index>'")
+        grouped.setdefault(layer, {})[int(index)] = array
+    out = {}
+    for layer, blobs in grouped.items():
+        if sorted(blobs) != list(range(len(blobs))):
+            raise FormatError(f"{source}: layer '{layer}' has blobs {sorted(blobs)}; expected 0..{len(blobs) - 1}")
+        out[layer] = [np.asarray(blobs[i], dtype=np.float32) for i in range(len(blobs))]
+    return out
+
+
+def read_weights(path: PathLike) -> tuple[dict[str, list], dict[str, str]]:
+    """Parameter blobs of a weights file, whatever its format: a .caffemodel
+    (layer -> BlobProtos, legacy shapes kept for Caffe's shape rules) or a
+    safetensors file (layer -> float32 arrays); also the file's metadata."""
+    if is_safetensors(path):
+        tensors, metadata = read_safetensors(path)
+        return tensors_to_params(tensors, path), metadata
+    return caffemodel_params(read_caffemodel(path)), {}

@@ -1,7 +1,7 @@
 """``Salicon``: saliency maps for images, as OpenSALICON's ``Salicon`` class.
 
     from salicon import Salicon
-    salicon = Salicon(model="salicon_osie.caffemodel", prototxtpath="prototxt/salicon.prototxt")
+    salicon = Salicon()                                  # the shipped pretrained model
     saliency_map = salicon.compute_saliency("image.jpg")  # float32 HxW in [0, 1]
 
 Every net input of shape N x 3 x H x W receives the image resized to H x W, so
@@ -48,9 +48,25 @@ def prototxt_path(name: str = "salicon.prototxt") -> Path:
     return packaged
 
 
+#: File name of the shipped pretrained model (SALICON trained on OSIE; see models/salicon_osie.json).
+DEFAULT_MODEL = "salicon_osie.safetensors"
+
+
 def default_model_path() -> Path:
-    """Where the pretrained OSIE model is looked for when no model is given."""
-    return PROJECT_ROOT / "models" / "salicon_osie.caffemodel"
+    """The shipped pretrained model (source tree or installed package)."""
+    local = PROJECT_ROOT / "models" / DEFAULT_MODEL
+    if local.exists():
+        return local
+    try:
+        return Path(str(resources.files("salicon.models") / DEFAULT_MODEL))
+    except ModuleNotFoundError:
+        return local
+
+
+def model_metadata(path: PathLike) -> dict[str, str]:
+    """The metadata a safetensors weights file carries ({} for a .caffemodel)."""
+    from .formats import is_safetensors, read_safetensors_metadata
+    return read_safetensors_metadata(path) if is_safetensors(path) else {}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -99,13 +115,14 @@ class Salicon:
     """The SALICON model: an image in, a saliency map at the image's size out.
 
     Args:
-        model: a .caffemodel with trained weights (default: the shipped
-            pretrained model, when present).
+        model: trained weights, a .caffemodel or a safetensors file (default:
+            the shipped pretrained model, SALICON trained on OSIE).
         prototxtpath: the test net definition (default: prototxt/salicon.prototxt).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"fp32"`` (exact), ``"tf32"`` or ``"bf16"`` (GPU speed).
-        input_scale: factor after mean subtraction; the published code and its
-            weights use 1/255, VGG-16's own convention is 1.
+        input_scale: factor after mean subtraction (default: the model file's
+            ``input_scale`` metadata, else 1/255 as the published code and its
+            weights use; VGG-16's own convention is 1).
         resize: ``"spline"`` (published cubic zoom, fast), ``"scipy"`` (the
             published scipy.ndimage.zoom call itself) or ``"bilinear"``.
         engine: ``"pytorch"``, ``"caffe"`` (real pycaffe, CPU) or ``"auto"``
@@ -114,7 +131,7 @@ class Salicon:
 
     def __init__(self, model: PathLike | None = None, prototxtpath: PathLike | None = None, *,
                  device: str | torch.device = "auto", precision: str = "fp32",
-                 input_scale: float = PUBLISHED_INPUT_SCALE, resize: str = "spline",
+                 input_scale: float | None = None, resize: str = "spline",
                  mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -125,9 +142,14 @@ class Salicon:
         if model is None:
             model = default_model_path()
             if not model.exists():
-                raise SaliconError("no model given and no pretrained model installed at "
-                                   f"{model}; pass model=PATH.caffemodel")
+                raise SaliconError(f"the shipped pretrained model is missing ({model}); reinstall the package "
+                                   f"or pass a trained .caffemodel / .safetensors file as the model")
         self.model_path = Path(model)
+        if input_scale is None:  # the model's own convention, else the published one
+            try:
+                input_scale = float(model_metadata(self.model_path).get("input_scale", PUBLISHED_INPUT_SCALE))
+            except ValueError:
+                raise SaliconError(f"{self.model_path}: metadata 'input_scale' is not a number") from None
         self.prototxt_path = Path(prototxtpath) if prototxtpath is not None else prototxt_path()
         self.device = resolve_device("cpu" if engine == "caffe" and device == "auto" else device)
         self.precision = precision

@@ -300,6 +300,11 @@ class Trainer:
             plot_loss_curve(history, self.out / "loss.png")
         except (OSError, ValueError):
             pass
+        try:
+            from .visualize import plot_validation_curve
+            plot_validation_curve(history, self.out / "validation.png")
+        except (OSError, ValueError):
+            pass
         self.say(f"stopped after {self.backend.iter} iterations ({stop_reason}), {seconds:.0f} s; "
                  f"{_describe(val)}; wrote {model} and {state}")
         if failed:
@@ -369,7 +374,15 @@ class _CaffeBackend:
         self.loss_tops = trainer.loss_tops
         self.solver = caffe.get_solver(str(path))
         if trainer.config.weights and not trainer.config.resume:
-            self.solver.net.copy_from(str(trainer.config.weights))
+            weights = trainer.config.weights
+            if formats.is_safetensors(weights):  # pycaffe reads only .caffemodels
+                params, _ = formats.read_weights(weights)
+                for name, arrays in params.items():
+                    if name in self.solver.net.params:
+                        for blob, array in zip(self.solver.net.params[name], arrays):
+                            blob.data[...] = array.reshape(blob.data.shape)
+            else:
+                self.solver.net.copy_from(str(weights))
 
     @property
     def iter(self) -> int:

@@ -87,6 +87,50 @@ def plot_loss_curve(history: Sequence[dict], path: Union[str, os.PathLike], size
     img.save(path)
 
 
+def plot_validation_curve(history: Sequence[dict], path: Union[str, os.PathLike],
+                          metrics: Sequence[str] = ("NSS", "CC", "AUC_Judd"), panel=(300, 240)) -> None:
+    """Draw the validation metrics of a training log (``val_<metric>`` of its
+    epoch and end records) against iterations, one panel per metric (PNG)."""
+    records = [r for r in history if r.get("event") in ("epoch", "end")]
+    series = {m: [(r["iter"], r[f"val_{m}"]) for r in records
+                  if r.get(f"val_{m}") is not None and np.isfinite(r[f"val_{m}"])] for m in metrics}
+    series = {m: v for m, v in series.items() if v}
+    if not series:
+        raise ValueError("no validation metrics to plot")
+    pw, ph = panel
+    left, right, top, bottom = 55, 15, 30, 40
+    img = Image.new("RGB", (pw * len(series), ph), "white")
+    draw = ImageDraw.Draw(img)
+    x_max = max(1, max(i for v in series.values() for i, _ in v))
+    for k, (metric, points) in enumerate(series.items()):
+        x0 = pw * k
+        values = [v for _, v in points]
+        lo, hi = min(values), max(values)
+        pad = max(hi - lo, 1e-3) * 0.1
+        lo, hi = lo - pad, hi + pad
+
+        def xy(it, value, x0=x0, lo=lo, hi=hi):
+            return (x0 + left + (pw - left - right) * it / x_max,
+                    top + (ph - top - bottom) * (1 - (value - lo) / (hi - lo)))
+
+        draw.rectangle([x0 + left, top, x0 + pw - right, ph - bottom], outline="black")
+        for t in range(3):
+            value = lo + (hi - lo) * t / 2
+            _, y = xy(0, value)
+            draw.text((x0 + 5, y - 6), f"{value:.3f}", fill="black")
+            it = x_max * t / 2
+            x, _ = xy(it, lo)
+            draw.text((x - 12, ph - bottom + 6), f"{int(it)}", fill="black")
+        draw.text((x0 + pw // 2 - 25, ph - 18), "iteration", fill="black")
+        draw.text((x0 + left + 5, 8), f"validation {metric}", fill="black")
+        if len(points) > 1:
+            draw.line([xy(i, v) for i, v in points], fill=_COLOURS[k % len(_COLOURS)], width=2)
+        for i, v in points:
+            x, y = xy(i, v)
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=_COLOURS[k % len(_COLOURS)])
+    img.save(path)
+
+
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
 

@@ -91,3 +91,14 @@ def test_help_and_usage_errors():
     assert result.returncode == 2 and "predict" in result.stderr
     result = subprocess.run([sys.executable, "-m", "salicon", "frobnicate"], capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+@pytest.mark.slow
+def test_quick_start_predicts_with_the_shipped_model(tmp_path):
+    """The README's quick start: no --model, an example image, map and overlay."""
+    from .conftest import ROOT
+    out = tmp_path / "maps"
+    assert main(["predict", str(ROOT / "examples" / "astronaut.jpg"), "-o", str(out), "--overlay", "-q"]) == 0
+    sal = np.asarray(Image.open(out / "astronaut.png"))
+    assert sal.shape == (512, 512) and sal.max() == 255 and sal.min() == 0
+    assert np.asarray(Image.open(out / "astronaut_overlay.png")).shape == (512, 512, 3)

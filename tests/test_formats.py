@@ -220,3 +220,93 @@ def test_shipped_prototxts_have_published_learning_rates():
     assert list(layers["concat"].bottom) == ["interpolated_data", "pool5"]
     text = text_format.MessageToString(layers["custom_interpolation_layer"])
     assert 'param_str: "1,512,38,50"' in text
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def test_safetensors_round_trip_and_metadata(tmp_path, rng):
+    tensors = {"conv/0": rng.standard_normal((3, 2, 3, 3)).astype(np.float16),
+               "conv/1": rng.standard_normal(3).astype(np.float32),
+               "ip/0": rng.standard_normal((4, 90)).astype(np.float64), "scalar": np.array(7, dtype=np.int64)}
+    path = tmp_path / "w.safetensors"
+    formats.write_safetensors(path, tensors, {"input_scale": "0.5"})
+    assert formats.is_safetensors(path)
+    back, metadata = formats.read_safetensors(path)
+    assert metadata == {"input_scale": "0.5"}
+    assert formats.read_safetensors_metadata(path) == metadata
+    for key, array in tensors.items():
+        assert back[key].dtype == array.dtype and back[key].shape == array.shape
+        np.testing.assert_array_equal(back[key], array)
+    # the header length is a multiple of 8 (data alignment)
+    assert int.from_bytes(path.read_bytes()[:8], "little") % 8 == 0
+
+
+def test_safetensors_agrees_with_the_reference_library(tmp_path, rng):
+    st = pytest.importorskip("safetensors.numpy", reason="the safetensors package is not installed")
+    ours = {"a/0": rng.standard_normal((2, 3)).astype(np.float16), "b/1": rng.standard_normal(5).astype(np.float32)}
+    path = tmp_path / "ours.safetensors"
+    formats.write_safetensors(path, ours, {"k": "v"})
+    theirs = st.load_file(str(path))  # the library reads what we write
+    for key in ours:
+        np.testing.assert_array_equal(theirs[key], ours[key])
+    other = tmp_path / "theirs.safetensors"
+    st.save_file(ours, str(other), metadata={"k": "v"})  # and we read what it writes
+    back, metadata = formats.read_safetensors(other)
+    assert metadata == {"k": "v"}
+    for key in ours:
+        np.testing.assert_array_equal(back[key], ours[key])
+
+
+def test_safetensors_bfloat16_is_widened(tmp_path):
+    values = np.array([1.0, -2.5, 3.140625], dtype=np.float32)
+    bf16 = (values.view(np.uint32) >> 16).astype(np.uint16)  # exact in bfloat16
+    header = b'{"x":{"dtype":"BF16","shape":[3],"data_offsets":[0,6]}}'
+    path = tmp_path / "bf.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bf16.tobytes())
+    np.testing.assert_array_equal(formats.read_safetensors(path)[0]["x"], values)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d[:-4], "truncated"),
+    (lambda d: d[:8] + b"[" + d[9:], "not valid JSON|not a JSON object"),
+    (lambda d: (10 ** 9).to_bytes(8, "little") + d[8:], "header claims"),
+    (lambda d: d + b"\0\0", "bytes after the last tensor"),
+    (lambda d: d[:5], "too short"),
+])
+def test_bad_safetensors_files(tmp_path, mutate, expected):
+    path = tmp_path / "w.safetensors"
+    formats.write_safetensors(path, {"a/0": np.arange(6, dtype=np.float32)})
+    path.write_bytes(mutate(path.read_bytes()))
+    with pytest.raises(FormatError, match=expected):
+        formats.read_safetensors(path)
+
+
+def test_weights_of_either_format_load_into_a_net(tmp_path, tiny_prototxt):
+    net = randomise(Net(tiny_prototxt), seed=3)
+    caffemodel, safetensors = tmp_path / "w.caffemodel", tmp_path / "w.safetensors"
+    net.save(caffemodel)
+    formats.write_safetensors(safetensors, formats.params_to_tensors(net.state_arrays(), np.float32))
+    for path in (caffemodel, safetensors):
+        other = Net(tiny_prototxt)
+        assert other.copy_from(path, strict=True) == []
+        for name, arrays in net.state_arrays().items():
+            for a, b in zip(arrays, other.state_arrays()[name]):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_safetensors_with_wrong_names_or_shapes(tmp_path, tiny_prototxt):
+    net = Net(tiny_prototxt)
+    tensors = formats.params_to_tensors(net.state_arrays(), np.float32)
+    bad_name = tmp_path / "name.safetensors"
+    formats.write_safetensors(bad_name, {**tensors, "conv_weights": tensors["conv/0"]})
+    with pytest.raises(FormatError, match="conv_weights.*'<layer>/<blob index>'"):
+        net.copy_from(bad_name)
+    bad_shape = tmp_path / "shape.safetensors"
+    formats.write_safetensors(bad_shape, {**tensors, "conv/0": np.zeros((3, 2, 5, 5), np.float32)})
+    with pytest.raises(FormatError, match=r"layer 'conv' blob 0 .*\(3, 2, 5, 5\).*\(3, 2, 3, 3\)"):
+        net.copy_from(bad_shape)
+    gap = tmp_path / "gap.safetensors"
+    formats.write_safetensors(gap, {k: v for k, v in tensors.items() if k != "conv/0"})
+    with pytest.raises(FormatError, match="layer 'conv' has blobs \\[1\\]"):
+        net.copy_from(gap)

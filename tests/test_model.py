@@ -149,7 +149,7 @@ def test_configuration_errors(small_model, small_prototxt, small_train_prototxt,
     with pytest.raises(ValueError, match="resize"):
         Salicon(small_model, small_prototxt, resize="lanczos")
     monkeypatch.setattr("salicon.model.default_model_path", lambda: PROTOTXT / "absent.caffemodel")
-    with pytest.raises(SaliconError, match="no model given"):
+    with pytest.raises(SaliconError, match="shipped pretrained model is missing"):
         Salicon(prototxtpath=small_prototxt)
 
 
@@ -167,3 +167,72 @@ def test_bf16_precision_agrees_with_fp32(small_model, small_prototxt, photo):
     exact = Salicon(small_model, small_prototxt, device="cpu").compute_saliency(photo)
     fast = Salicon(small_model, small_prototxt, device="cpu", precision="bf16").compute_saliency(photo)
     assert np.corrcoef(exact.ravel(), fast.ravel())[0, 1] > 0.99
+
+
+# ------------------------------------------------------- the shipped model
+
+SHIPPED_PARTS = PROTOTXT.parent.parent / "shared" / "models" / "salicon_osie"
+OSIE_STIMULI = PROTOTXT.parent.parent / "shared" / "data" / "osie" / "stimuli"
+needs_parts = pytest.mark.skipif(not (SHIPPED_PARTS / "model_part0.npz").exists(),
+                                 reason=f"the trained model's float16 parts are not distributed ({SHIPPED_PARTS})")
+
+
+def test_shipped_model_is_the_default(small_prototxt):
+    from salicon.model import default_model_path
+    model = Salicon(prototxtpath=small_prototxt, device="cpu")
+    assert model.model_path == default_model_path() and model.model_path.suffix == ".safetensors"
+    assert model.input_scale == pytest.approx(1 / 255)  # from the file's metadata
+    sal = model.compute_saliency(str(PROTOTXT.parent / "examples" / "astronaut.jpg"))
+    assert sal.shape == (512, 512) and sal.min() == 0 and sal.max() == 1
+
+
+def test_input_scale_comes_from_the_model_unless_given(small_prototxt, tmp_path):
+    from salicon import formats
+    net = Net(small_prototxt)
+    path = tmp_path / "vgg_scale.safetensors"
+    formats.write_safetensors(path, formats.params_to_tensors(net.state_arrays()), {"input_scale": "1.0"})
+    assert Salicon(path, small_prototxt, device="cpu").input_scale == 1.0
+    assert Salicon(path, small_prototxt, device="cpu", input_scale=0.5).input_scale == 0.5
+    caffemodel = tmp_path / "m.caffemodel"
+    net.save(caffemodel)
+    assert Salicon(caffemodel, small_prototxt, device="cpu").input_scale == pytest.approx(1 / 255)
+
+
+@pytest.mark.slow
+def test_shipped_float16_weights_match_float32_weights(tmp_path):
+    from salicon.export import export_caffemodel
+    float32 = export_caffemodel(tmp_path, name="float32")["caffemodel"]
+    image = str(PROTOTXT.parent / "examples" / "coffee.jpg")
+    ours = Salicon(device="cpu").compute_saliency(image)
+    theirs = Salicon(float32, device="cpu").compute_saliency(image)
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] >= 0.9999
+
+
+@needs_parts
+def test_shipped_weights_are_the_trained_float16_parts():
+    from salicon import formats
+    from salicon.model import default_model_path
+    shipped, metadata = formats.read_safetensors(default_model_path())
+    parts = {}
+    for part in sorted(SHIPPED_PARTS.glob("model_part*.npz")):
+        with np.load(part) as z:
+            parts.update({k: z[k] for k in z.files})
+    assert set(parts) == set(shipped)
+    for key, array in parts.items():
+        assert shipped[key].dtype == np.float16
+        np.testing.assert_array_equal(shipped[key], array)
+
+
+@needs_parts
+@pytest.mark.slow
+@pytest.mark.skipif(not OSIE_STIMULI.exists(), reason="the OSIE images are not distributed")
+def test_shipped_model_reproduces_the_trained_models_raw_maps():
+    """Raw 38x50 outputs for two test images, against those the training run saved (float16)."""
+    model = Salicon(device="cpu")
+    with np.load(SHIPPED_PARTS / "raw_maps_osie_all.npz") as z:
+        for name in ("1003", "1006"):
+            inputs, _ = model.preprocess(str(OSIE_STIMULI / f"{name}.jpg"))
+            raw = model.forward({k: v[None] for k, v in inputs.items()})[0].numpy()
+            reference = z[name].astype(np.float32)
+            assert np.abs(raw - reference).max() <= 2e-3  # float16 storage of the reference
+            assert np.corrcoef(raw.ravel(), reference.ravel())[0, 1] >= 0.9999

@@ -217,8 +217,9 @@ class Net(nn.Module):
 
     def copy_from(self, weights: PathLike | Mapping[str, Sequence[ArrayLike | caffe_pb2.BlobProto]],
                   strict: bool = False, source: str | None = None) -> list[str]:
-        """Copy parameters from a .caffemodel, or a mapping layer name -> blobs
-        (arrays or BlobProtos; ``source`` names their origin in messages).
+        """Copy parameters from a weights file (.caffemodel or safetensors), or
+        a mapping layer name -> blobs (arrays or BlobProtos; ``source`` names
+        their origin in messages).
 
         Layers are matched by name, as in Caffe; layers of the file that the net
         lacks are ignored. A blob whose shape differs from the net's raises a
@@ -228,11 +229,10 @@ class Net(nn.Module):
         """
         if isinstance(weights, Mapping):
             source = source or "<arrays>"
-            file_blobs = {k: [b if isinstance(b, caffe_pb2.BlobProto) else formats.array_to_blob(_to_numpy(b))
-                              for b in v] for k, v in weights.items()}
+            file_blobs = weights
         else:
             source = str(weights)
-            file_blobs = formats.caffemodel_params(formats.read_caffemodel(weights))
+            file_blobs, _ = formats.read_weights(weights)
         missing = []
         for name, layer in self._named_layers():
             if not layer.blob_names:
@@ -245,13 +245,18 @@ class Net(nn.Module):
                 raise FormatError(f"{source}: layer '{name}' has {len(blobs)} blobs in the file but "
                                   f"{len(layer.blob_names)} in {self.source}")
             for i, (blob, param) in enumerate(zip(blobs, layer.blobs)):
-                if not formats.shapes_match(blob, param.shape):
+                if isinstance(blob, caffe_pb2.BlobProto):
+                    ok, shape = formats.shapes_match(blob, param.shape), formats.blob_shape(blob)
+                else:
+                    blob = _to_numpy(blob)
+                    ok, shape = tuple(blob.shape) == tuple(param.shape), tuple(blob.shape)
+                if not ok:
                     raise FormatError(
                         f"{source}: layer '{name}' blob {i} ({layer.blob_names[i]}) has shape "
-                        f"{formats.blob_shape(blob)} in the file but {tuple(param.shape)} in {self.source}")
-                array = formats.blob_to_array(blob).reshape(tuple(param.shape))
+                        f"{shape} in the file but {tuple(param.shape)} in {self.source}")
+                array = formats.blob_to_array(blob) if isinstance(blob, caffe_pb2.BlobProto) else blob
                 with torch.no_grad():
-                    param.copy_(torch.from_numpy(array))
+                    param.copy_(torch.from_numpy(np.asarray(array, dtype=np.float32).reshape(tuple(param.shape))))
         if missing:
             message = f"{source}: no weights for layer(s) {', '.join(missing)} of {self.source}"
             if strict:
