@@ -18,7 +18,7 @@ from PIL import Image
 
 from .errors import SaliconError
 from .formats import atomic_write
-from .image import IMAGE_SUFFIXES, load_image
+from .image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
 
 INPUT_SCALES = {"published": 1.0 / 255.0, "vgg": 1.0}
 DEFAULT_METRIC_NAMES = ("AUC_Judd", "AUC_Borji", "sAUC", "NSS", "CC", "SIM", "KLDiv", "IG", "EMD")
@@ -77,6 +77,21 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, write)
 
 
+def _output_folder_problem(outdir: Path) -> str | None:
+    """Why ``outdir`` cannot receive outputs (an existing file, a read-only
+    parent), or None. Checked before any work is done."""
+    if outdir.exists() and not outdir.is_dir():
+        return f"-o {outdir}: exists and is not a folder; give a folder for the maps"
+    parent = outdir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"-o {outdir}: {parent} is a file, so the folder cannot be created"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"-o {outdir}: no permission to write in {parent}"
+    return None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -93,11 +108,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _error("no images to process")
         return 1
     outdir = Path(args.output)
+    problem = _output_folder_problem(outdir)
+    if problem:  # before the model loads and the net runs
+        _error(problem)
+        return 1
     inputs_resolved = {src.resolve() for src, _ in items}
     try:
         model = Salicon(args.model, args.prototxt, device=args.device, precision=args.precision, engine=args.engine,
-                        input_scale=args.input_scale,
-                        resize=args.resize)
+                        input_scale=args.input_scale, resize=args.resize, max_pixels=args.max_pixels)
     except (SaliconError, ValueError) as exc:
         _error(str(exc))
         return 1
@@ -126,9 +144,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             sal = threshold_map(sal, args.threshold)
         _save_png(targets["map"], to_uint8(sal))
         if args.npy:
-            _save_npy(targets["npy"], sal.astype(np.float32))
+            _save_npy(targets["npy"], np.asarray(sal, dtype=np.float32))
         if args.overlay:
-            _save_png(targets["overlay"], overlay(load_image(src), sal))
+            image = load_image(src, as_float=False, max_pixels=args.max_pixels)
+            _save_png(targets["overlay"], overlay(image, sal))
 
     # Files are encoded and written by a writer thread while the net computes.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as writer:
@@ -155,8 +174,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         collect(block=True)
     bar.close()
     if not args.quiet:
-        print(f"wrote {written} saliency map(s) to {outdir}" + (f"; {failed} failed" if failed else ""),
-              file=sys.stderr)
+        if written:
+            print(f"wrote {written} saliency map(s) to {outdir}" + (f"; {failed} failed" if failed else ""),
+                  file=sys.stderr)
+        else:
+            print(f"no saliency maps written: all {failed} input(s) failed", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -170,6 +192,12 @@ def cmd_init_weights(args: argparse.Namespace) -> int:
     if out.resolve() == Path(args.vgg16).resolve():
         _error("-o must differ from --vgg16")
         return 2
+    if out.is_dir():
+        _error(f"-o {out}: is a folder; give the .caffemodel file to write")
+        return 1
+    if out.exists() and out.suffix.lower() != ".caffemodel" and not args.force:
+        _error(f"-o {out}: exists and is not a .caffemodel; refusing to overwrite it (use --force)")
+        return 1
     try:
         net, report = init_from_vgg16(args.vgg16, args.prototxt, seed=args.seed)
         net.save(out)
@@ -223,15 +251,16 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _parse_duration(text: str) -> float:
-    """'9000', '90s', '45m', '2.5h' -> seconds."""
+    """'9000', '90s', '45m', '2.5h' -> seconds (positive)."""
     text = text.strip().lower()
     units = {"s": 1, "m": 60, "h": 3600}
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 9000, 90s, 45m, 2.5h)") from None
+    if not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"the duration must be positive, got {text!r}")
+    return value
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -247,11 +276,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         sigma=args.sigma, workers=args.workers, snapshot=args.snapshot, split=args.split, maps=args.maps,
         engine=args.engine)
     try:
-        train(config, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+        result = train(config, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     except (SaliconError, DataError, TrainingError, ValueError, OSError) as exc:
         _error(str(exc))
         return 1
-    return 0
+    return 130 if result.stop_reason == "interrupted" else 0  # 128 + SIGINT, as shells expect
 
 
 # --------------------------------------------------------------- evaluate
@@ -295,6 +324,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except (SaliconError, DataError, ValueError, OSError) as exc:
         _error(str(exc))
         return 1
+    status = 0
+    for metric, why in result.unavailable.items():
+        _error(f"metric {metric} cannot be computed: {why}")
+        status = 1 if args.metrics else status  # asked for by name: the run did not do what was asked
+    if not result.metrics:
+        _error("none of the requested metrics can be computed on this data set")
+        return 1
+    if predict is not None:
+        name = model_name or "model"
+        failed, scored = result.failed.get(name, 0), result.scored(name)
+        if not scored:
+            _error(f"{name}: no image could be scored ({failed} failed); nothing to report")
+            return 1
+        if failed:
+            _error(f"{name}: {failed} of {failed + scored} image(s) could not be scored; "
+                   f"its means are over the other {scored}")
+            status = 1
     out = Path(args.out)
     result.write(out)
     print(result.table())
@@ -306,7 +352,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             contact_sheet(result, dataset, predict, out / "contact_sheet.png", metric="NSS",
                           model=model_name or "model")
         print(f"wrote pictures to {out}", file=sys.stderr)
-    return 0
+    return status
 
 
 # ------------------------------------------------------------------ main
@@ -322,6 +368,51 @@ def _input_scale(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"input scale must be positive, not {text}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _max_pixels(text: str) -> int | None:
+    """'none', a pixel count, or megapixels with an M suffix ('250M')."""
+    text = text.strip()
+    if text.lower() in ("none", "0", "unlimited"):
+        return None
+    try:
+        value = float(text[:-1]) * 1e6 if text[-1:].lower() == "m" else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel count, megapixels like 250M, or 'none'; "
+                                         f"got {text!r}") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text}")
+    return int(value)
 
 
 def _add_engine_options(p: argparse.ArgumentParser, engine_help: str) -> None:
@@ -365,7 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(default: the shipped pretrained model, SALICON trained on OSIE)")
     p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
     _add_engine_options(p, "pytorch (auto) or real Caffe through pycaffe (CPU; scripts/install_caffe.sh)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="images per forward pass")
+    p.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS,
+                   help="refuse images with more pixels than this (a count, megapixels like 250M, or 'none'); "
+                        "the default, about 179 megapixels, is PIL's own limit")
     p.add_argument("--resize", default="spline", choices=["spline", "scipy", "bilinear"],
                    help="resize method (spline = the published cubic zoom, computed fast)")
     p.add_argument("--npy", action="store_true", help="also write the float32 map as .npy")
@@ -395,14 +489,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="STATE", help="continue from a .solverstate")
     p.add_argument("--time-limit", type=_parse_duration, default=2.5 * 3600,
                    help="stop after this long (seconds, or with s/m/h)")
-    p.add_argument("--max-iter", type=int, help="stop after this many iterations (default: the solver's)")
-    p.add_argument("--snapshot", type=int, help="snapshot interval in iterations (default: the solver's)")
+    p.add_argument("--max-iter", type=_positive_int,
+                   help="stop after this many iterations (default: the solver's)")
+    p.add_argument("--snapshot", type=_non_negative_int,
+                   help="snapshot interval in iterations, 0 for none but the last (default: the solver's)")
     _add_engine_options(p, "pytorch (auto), or real Caffe's own solver through pycaffe (CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the image order and fillers")
-    p.add_argument("--test", type=float, default=0.1, help="held-out images: a count, or a fraction if < 1")
+    p.add_argument("--test", type=_positive_float, default=0.1,
+                   help="held-out images: a count, or a fraction if < 1")
     p.add_argument("--split", help="reuse this split.json instead of drawing one")
-    p.add_argument("--sigma", type=float, default=24.0, help="fixation-map blur (px) for fixation points")
-    p.add_argument("--workers", type=int, help="data preparation threads (default: cores, at most 8)")
+    p.add_argument("--sigma", type=_positive_float, default=24.0, help="fixation-map blur (px) for fixation points")
+    p.add_argument("--workers", type=_positive_int, help="data preparation threads (default: cores, at most 8)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -422,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines-only", action="store_true", help="score only the baselines")
     p.add_argument("--no-baselines", action="store_true", help="skip the centre-bias and inter-observer rows")
     p.add_argument("--split", help="split.json (its test list) or a text file of image names")
-    p.add_argument("--limit", type=int, help="only the first N images (of the split)")
+    p.add_argument("--limit", type=_positive_int, help="only the first N images (of the split)")
     p.add_argument("--metrics", help=f"comma-separated subset of: {', '.join(DEFAULT_METRIC_NAMES)}")
     p.add_argument("--out", default="evaluation", help="output folder")
     p.add_argument("--pictures", action="store_true", help="also write score histograms and a contact sheet")
@@ -465,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.caffemodel", help="file to write")
     p.add_argument("--prototxt", help="train net prototxt (default: prototxt/finetune_salicon.prototxt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the saliency_map initialisation")
+    p.add_argument("--force", action="store_true", help="overwrite OUT even if it is not a .caffemodel")
     p.set_defaults(func=cmd_init_weights)
     return parser
 
@@ -474,14 +572,25 @@ def _version() -> str:
     return __version__
 
 
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """'--time-limit -5m' -> '--time-limit=-5m': argparse would take '-5m' for an
+    option and say 'expected one argument'; joined, the value's own check speaks."""
+    out: list[str] = []
+    for arg in argv:
+        if (out and out[-1].startswith("--") and "=" not in out[-1] and len(arg) > 1 and arg[0] == "-"
+                and (arg[1].isdigit() or arg[1] == ".")):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    if getattr(args, "batch_size", 1) < 1:
-        parser.error("--batch-size must be at least 1")
     try:
         return args.func(args)
     except KeyboardInterrupt:

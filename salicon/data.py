@@ -407,9 +407,12 @@ def open_dataset(spec: PathLike, maps: PathLike | None = None, sigma: float | No
     (optional fixations/ point images); or an image folder plus ``maps``."""
     text = str(spec)
     kind = None
-    if ":" in text and text.split(":", 1)[0].lower() in DATASET_KINDS:
-        kind, text = text.split(":", 1)
-        kind = kind.lower()
+    prefix = text.split(":", 1)[0] if ":" in text else ""
+    if prefix.lower() in DATASET_KINDS:
+        kind, text = prefix.lower(), text.split(":", 1)[1]
+    elif len(prefix) > 1 and prefix.isidentifier() and not Path(text).exists():  # not a drive letter
+        raise DataError(f"unknown data set kind '{prefix}' in '{text}'; known kinds: "
+                        f"{', '.join(DATASET_KINDS)} (KIND:PATH), or give a bare path")
     root = Path(text)
     if maps is not None:
         return FolderDataset(root, maps)

@@ -64,6 +64,10 @@ def read_split(path: PathLike) -> list[str]:
     return [Path(n).stem if "." in n else n for n in names if n]
 
 
+#: Metrics computed from fixation points (the binary fixation map), not the continuous map.
+LOCATION_METRICS = ("AUC_Judd", "AUC_Borji", "sAUC", "NSS", "IG")
+
+
 @dataclass
 class GroundTruth:
     """One image's ground truth at the image's size."""
@@ -171,6 +175,12 @@ class Evaluation:
 
     metrics: list[str]
     rows: list[dict] = field(default_factory=list)  # {"image", "model", metric: value}
+    unavailable: dict[str, str] = field(default_factory=dict)  # metric asked for -> why it was not computed
+    failed: dict[str, int] = field(default_factory=dict)       # model -> images it could not score
+
+    def scored(self, model: str) -> int:
+        """How many images ``model`` has scores for."""
+        return sum(1 for r in self.rows if r["model"] == model)
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(r["model"] for r in self.rows))
@@ -227,8 +237,11 @@ def evaluate(dataset: Dataset, predict: Callable[[Sample], np.ndarray] | None, n
         samples = [known[n] for n in wanted]
     truths = [load_ground_truth(dataset, s) for s in samples]
     has_points = dataset.has_points()
-    metrics = [m for m in metrics if has_points or m not in ("AUC_Judd", "AUC_Borji", "sAUC", "NSS", "IG")]
-    result = Evaluation(list(metrics))
+    unavailable = {} if has_points else {
+        m: "a location metric, it needs fixation points, which this data set lacks" for m in metrics
+        if m in LOCATION_METRICS}
+    metrics = [m for m in metrics if m not in unavailable]
+    result = Evaluation(list(metrics), unavailable=unavailable)
     rng = np.random.default_rng(seed)
     for i, (sample, truth) in enumerate(zip(samples, truths)):
         other = other_fixations(truths, i, rng) if has_points else np.zeros(truth.shape, bool)
@@ -239,6 +252,7 @@ def evaluate(dataset: Dataset, predict: Callable[[Sample], np.ndarray] | None, n
             except SaliconError as exc:
                 if on_error is None:
                     raise
+                result.failed[model_name] = result.failed.get(model_name, 0) + 1
                 on_error(str(exc))
             else:
                 result.rows.append({"image": sample.name, "model": model_name,
@@ -258,13 +272,26 @@ def saliency_maps_from_folder(folder: PathLike) -> Callable[[Sample], np.ndarray
     """A predictor that reads precomputed maps ``folder/<name>.npy`` or any
     image format (grayscale), for scoring other models' outputs."""
     folder = Path(folder)
+    if not folder.exists():
+        raise SaliconError(f"--saliency-maps {folder}: no such folder")
+    if not folder.is_dir():
+        raise SaliconError(f"--saliency-maps {folder}: not a folder")
 
     def predict(sample: Sample) -> np.ndarray:
         stem = sample.name
         npy = folder / f"{stem}.npy"
         if npy.exists():
-            return np.load(npy).astype(np.float64)
+            try:
+                array = np.load(npy, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise SaliconError(f"{npy}: not a readable .npy saliency map ({exc})") from None
+            if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+                raise SaliconError(f"{npy}: expected a 2-D numeric saliency map, got {array.dtype} {array.shape}")
+            return array.astype(np.float64)
         for path in sorted(folder.glob(f"{Path(stem).name}.*")):
-            return read_gray_map(path)
+            try:
+                return read_gray_map(path)
+            except SaliconError as exc:
+                raise SaliconError(f"not a readable saliency map: {exc}") from None
         raise SaliconError(f"{folder}: no saliency map for image '{stem}'")
     return predict

@@ -6,7 +6,9 @@ float pixels. Anything that cannot be an image raises :class:`ImageError`.
 """
 from __future__ import annotations
 
+import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Union
@@ -16,7 +18,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
+
+#: Default limit on an image's pixels: PIL's own refusal threshold (2 x its
+#: MAX_IMAGE_PIXELS), about 179 megapixels, e.g. 13000 x 13000.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 #: File name suffixes treated as images when a folder is given.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp",
@@ -29,10 +35,11 @@ def _composite_on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _pil_to_rgb_array(img: Image.Image, name: str) -> np.ndarray:
+def _pil_to_rgb_array(img: Image.Image, name: str, as_float: bool = True) -> np.ndarray:
     if img.width == 0 or img.height == 0:
         raise ImageError(f"{name}: the image is empty ({img.width}x{img.height} pixels)")
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(0x0112, 1) != 1:  # only a rotated image pays for a transposed copy
+        img = ImageOps.exif_transpose(img)
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # High bit depth grayscale: 16-bit data is rescaled to 0..255.
@@ -45,7 +52,7 @@ def _pil_to_rgb_array(img: Image.Image, name: str) -> np.ndarray:
         img = _composite_on_white(img)
     elif mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.float32)
+    return np.asarray(img, dtype=np.float32) if as_float else np.asarray(img)
 
 
 def _array_to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
@@ -77,32 +84,75 @@ def _array_to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, :3], dtype=np.float32)
 
 
-def load_image(source: ImageLike) -> np.ndarray:
-    """An image as an HxWx3 float32 RGB array with values on the 0..255 scale.
+def check_pixels(width: int, height: int, max_pixels: int | None, name: str) -> None:
+    """Refuse an image larger than ``max_pixels`` (None: no limit) before it is decoded."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} pixels ({width * height / 1e6:.1f} megapixels) exceeds "
+                         f"the limit of {max_pixels / 1e6:.1f} megapixels; raise it with --max-pixels "
+                         f"(max_pixels=) if you trust the file")
 
-    Paths are decoded with PIL and turned upright by their EXIF orientation.
-    Grayscale is replicated to three channels, palette images expanded,
-    transparent pixels composited over white, CMYK converted, and 16-bit
-    values rescaled (x 255/65535). Arrays: uint8 as is, uint16 rescaled,
-    floats taken on the 0..255 scale.
+
+def _open_checked(source, name: str, max_pixels: int | None) -> Image.Image:
+    """PIL's lazy open, with the project's own pixel limit in place of PIL's warning and error."""
+    if max_pixels is None or max_pixels > 2 * (Image.MAX_IMAGE_PIXELS or max_pixels):
+        # The user lifted the limit past PIL's own refusal threshold: PIL must follow.
+        Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max_pixels // 2 + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(source)
+    check_pixels(img.width, img.height, max_pixels, name)
+    return img
+
+
+def load_image(source: ImageLike, *, as_float: bool = True,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image as an HxWx3 RGB array with values on the 0..255 scale.
+
+    ``source`` is a path, a PIL image, a numpy array or the bytes of an
+    encoded image file. Paths are decoded with PIL and turned upright by their
+    EXIF orientation. Grayscale is replicated to three channels, palette
+    images expanded, transparent pixels composited over white, CMYK converted,
+    and 16-bit values rescaled (x 255/65535). Arrays: uint8 as is, uint16
+    rescaled, floats taken on the 0..255 scale.
+
+    The result is float32; with ``as_float=False`` an 8-bit image stays uint8
+    (a quarter of the memory, for huge images). Files larger than
+    ``max_pixels`` (None: no limit) are refused before they are decoded.
     """
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, "array")
     if isinstance(source, Image.Image):
-        return _pil_to_rgb_array(source, "PIL image")
+        return _pil_to_rgb_array(source, "PIL image", as_float)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = f"<{len(source)} bytes>"
+        if not len(source):
+            raise ImageError(f"{name}: empty data, not an image")
+        return _decode(io.BytesIO(bytes(source)), name, as_float, max_pixels)
+    if not isinstance(source, (str, os.PathLike)):
+        raise ImageError(f"cannot read an image from a {type(source).__name__}; give a path, a PIL image, "
+                         f"a numpy array (HxW, HxWx3 or HxWx4) or the bytes of an image file")
     path = Path(source)
     if not path.exists():
         raise ImageError(f"{path}: no such image file")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return _pil_to_rgb_array(img, str(path))
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (PIL cannot identify its format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise ImageError(f"{path}: cannot decode the image ({exc})") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: {exc}") from None
+    return _decode(path, str(path), as_float, max_pixels)
 
+
+def _decode(source, name: str, as_float: bool, max_pixels: int | None) -> np.ndarray:
+    try:
+        with _open_checked(source, name, max_pixels) as img:
+            img.load()
+            return _pil_to_rgb_array(img, name, as_float)
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file (PIL cannot identify its format)") from None
+    except Image.DecompressionBombError as exc:  # PIL's own threshold, met before the header is ours to see
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "its size"
+        limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageError(f"{name}: {size} exceeds the limit of {limit / 1e6:.1f} megapixels; raise it with "
+                         f"--max-pixels (max_pixels=) if you trust the file") from None
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode the image") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+        raise ImageError(f"{name}: cannot decode the image ({exc})") from None

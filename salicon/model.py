@@ -23,8 +23,8 @@ import torch
 from .engine import Net
 from .errors import EngineError, SaliconError
 from .image import ImageLike, load_image
-from .preprocess import (MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS, image_to_blob, resize_chw,
-                         saliency_to_image_size)
+from .image import DEFAULT_MAX_PIXELS
+from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS, image_to_inputs, saliency_to_image_size
 
 PathLike = Union[str, os.PathLike]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -127,12 +127,15 @@ class Salicon:
             published scipy.ndimage.zoom call itself) or ``"bilinear"``.
         engine: ``"pytorch"``, ``"caffe"`` (real pycaffe, CPU) or ``"auto"``
             (PyTorch, the default engine).
+        max_pixels: images with more pixels are refused before decoding
+            (default about 179 megapixels, PIL's own limit; None: no limit).
     """
 
     def __init__(self, model: PathLike | None = None, prototxtpath: PathLike | None = None, *,
                  device: str | torch.device = "auto", precision: str = "fp32",
                  input_scale: float | None = None, resize: str = "spline",
-                 mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True):
+                 mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         if resize not in RESIZE_METHODS:
@@ -156,6 +159,7 @@ class Salicon:
         self.input_scale = float(input_scale)
         self.mean_bgr = tuple(float(m) for m in mean_bgr)
         self.resize = resize
+        self.max_pixels = max_pixels
         self.engine = "pytorch" if engine == "auto" else engine
         if self.engine == "caffe":
             from .caffe_engine import CaffeNet
@@ -186,12 +190,12 @@ class Salicon:
     # ------------------------------------------------------------ stages
     def preprocess(self, image: ImageLike) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """Load ``image`` and make one 3xHxW tensor per net input; also return its (H, W)."""
-        rgb = load_image(image)
+        rgb = load_image(image, as_float=False, max_pixels=self.max_pixels)
         size = (int(rgb.shape[0]), int(rgb.shape[1]))
-        blob = image_to_blob(torch.from_numpy(rgb).to(self.device), self.input_scale, self.mean_bgr)
-        inputs = {name: resize_chw(blob, shape[2:], self.resize)
-                  for name, shape in self.net.input_shapes.items()}
-        return inputs, size
+        names = list(self.net.input_shapes)
+        blobs = image_to_inputs(rgb, [self.net.input_shapes[n][2:] for n in names], self.resize,
+                                self.input_scale, self.mean_bgr, self.device)
+        return dict(zip(names, blobs)), size
 
     @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

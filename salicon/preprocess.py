@@ -31,11 +31,21 @@ PUBLISHED_INPUT_SCALE = 1.0 / 255.0
 RESIZE_METHODS = ("spline", "scipy", "bilinear")
 
 
-@lru_cache(maxsize=64)
+#: Zoom matrices up to this many entries are cached (a few per size pair in
+#: use); those of huge images are rebuilt, so the cache stays small.
+_CACHE_ENTRIES = 4_000_000
+
+
 def zoom_matrix(n_out: int, n_in: int, order: int = 3) -> np.ndarray:
     """(n_out, n_in) float64 matrix equal to scipy.ndimage.zoom(order=order,
     mode='nearest') along one axis from n_in to n_out samples (order 3: the
     published cubic spline; order 1: linear with aligned end points)."""
+    if n_out * n_in <= _CACHE_ENTRIES:
+        return _cached_zoom_matrix(n_out, n_in, order)
+    return _build_zoom_matrix(n_out, n_in, order)
+
+
+def _build_zoom_matrix(n_out: int, n_in: int, order: int) -> np.ndarray:
     # Zoom the columns of an identity matrix along axis 0 (axis 1 keeps its
     # samples exactly); in blocks, so huge images do not need an n_in^2 array.
     mat = np.empty((n_out, n_in), dtype=np.float64)
@@ -52,13 +62,25 @@ def zoom_matrix(n_out: int, n_in: int, order: int = 3) -> np.ndarray:
     return mat
 
 
-@lru_cache(maxsize=64)
-def _matrices(method: str, size: tuple[int, int], in_size: tuple[int, int], device: torch.device,
-              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+_cached_zoom_matrix = lru_cache(maxsize=64)(_build_zoom_matrix)
+
+
+def _build_matrices(method: str, size: tuple[int, int], in_size: tuple[int, int], device: torch.device,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     order = 3 if method == "spline" else 1
     ah = torch.tensor(zoom_matrix(size[0], in_size[0], order), dtype=dtype, device=device)
     aw = torch.tensor(zoom_matrix(size[1], in_size[1], order), dtype=dtype, device=device)
     return ah, aw
+
+
+_cached_matrices = lru_cache(maxsize=64)(_build_matrices)
+
+
+def _matrices(method: str, size: tuple[int, int], in_size: tuple[int, int], device: torch.device,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    if max(size[0] * in_size[0], size[1] * in_size[1]) <= _CACHE_ENTRIES:
+        return _cached_matrices(method, size, in_size, device, dtype)
+    return _build_matrices(method, size, in_size, device, dtype)
 
 
 def resize_chw(x: torch.Tensor, size: Sequence[int], method: str = "spline") -> torch.Tensor:
@@ -89,19 +111,60 @@ def image_to_blob(rgb: np.ndarray | torch.Tensor, input_scale: float = PUBLISHED
     return (x - mean) * input_scale
 
 
-def saliency_to_image_size(sal: torch.Tensor, size: Sequence[int], method: str = "spline") -> np.ndarray:
+def image_to_inputs(rgb: np.ndarray, sizes: Sequence[Sequence[int]], method: str = "spline",
+                    input_scale: float = PUBLISHED_INPUT_SCALE, mean_bgr: Sequence[float] = MEAN_BGR,
+                    device: torch.device | str = "cpu", band: int = 1024) -> list[torch.Tensor]:
+    """HxWx3 RGB (0..255, uint8 or float) -> one 3 x h x w BGR blob per size:
+    mean-subtracted, scaled and resized, as :func:`image_to_blob` followed by
+    :func:`resize_chw`.
+
+    The image is read in bands of ``band`` columns, each converted to float
+    only while it is resized along the height, so a huge 8-bit image never
+    exists in float32 as a whole (a 13000 x 13000 photo: 0.5 GB as uint8, 2 GB
+    in float32).
+    """
+    device = torch.device(device)
+    if method == "scipy":  # the published whole-image call
+        blob = image_to_blob(torch.from_numpy(np.array(rgb)).to(device), input_scale, mean_bgr)
+        return [resize_chw(blob, size, method) for size in sizes]
+    height, width = int(rgb.shape[0]), int(rgb.shape[1])
+    sizes = [(int(h), int(w)) for h, w in sizes]
+    mats = [_matrices(method, size, (height, width), device, torch.float32) for size in sizes]
+    columns = [torch.empty((3, size[0], width), dtype=torch.float32, device=device) for size in sizes]
+    for start in range(0, width, band):
+        stop = min(width, start + band)
+        chunk = torch.from_numpy(np.array(rgb[:, start:stop])).to(device).float()  # a writable copy
+        for c in range(3):  # BGR channel c is RGB channel 2 - c
+            x = (chunk[:, :, 2 - c] - float(mean_bgr[c])) * input_scale
+            for (ah, _), out in zip(mats, columns):
+                out[c, :, start:stop] = ah @ x if ah.shape[0] != height else x
+    return [out if aw.shape[0] == width else out @ aw.T for (_, aw), out in zip(mats, columns)]
+
+
+def saliency_to_image_size(sal: torch.Tensor, size: Sequence[int], method: str = "spline",
+                           band_bytes: int = 64 << 20) -> np.ndarray:
     """The net's HxW map, min-max normalised, resized to ``size`` and clipped to [0, 1].
 
     A constant map (no spatial information) becomes all zeros. The clip only
-    removes the small over- and undershoot of cubic interpolation.
+    removes the small over- and undershoot of cubic interpolation. The
+    float32 result is filled in bands of rows, so a huge output needs no
+    float64 copy of its own size.
     """
     sal = sal.detach().double()
+    size = (int(size[0]), int(size[1]))
     lo, hi = sal.min(), sal.max()
     if not torch.isfinite(hi - lo):
         raise FloatingPointError("the net produced NaN or infinite saliency values")
     if hi - lo <= 0:
-        return np.zeros(tuple(int(s) for s in size), dtype=np.float32)
+        return np.zeros(size, dtype=np.float32)
     sal = (sal - lo) / (hi - lo)
-    out = resize_chw(sal, size, method)
-    return out.clamp_(0.0, 1.0).float().cpu().numpy()
-
+    if method == "scipy" or tuple(sal.shape) == size:
+        return resize_chw(sal, size, method).clamp_(0.0, 1.0).float().cpu().numpy()
+    ah, aw = _matrices(method, size, (int(sal.shape[0]), int(sal.shape[1])), sal.device, torch.float64)
+    across = sal @ aw.T  # (h, W): resized along the width once
+    out = np.empty(size, dtype=np.float32)
+    rows = max(1, band_bytes // (8 * size[1]))
+    for start in range(0, size[0], rows):
+        stop = min(size[0], start + rows)
+        out[start:stop] = (ah[start:stop] @ across).clamp_(0.0, 1.0).float().cpu().numpy()
+    return out

@@ -81,15 +81,21 @@ class TrainResult:
 
 
 class _Interrupt:
-    """Turns Ctrl-C into a flag checked between steps (a clean final snapshot)."""
+    """The first Ctrl-C sets a flag checked between steps (the loop then ends
+    with a snapshot and no validation); a second one stops at once
+    (KeyboardInterrupt), leaving the last snapshot, written atomically, as it was."""
 
-    def __init__(self):
+    def __init__(self, say: Callable[[str], None] = print):
         self.hit = False
         self._old = None
+        self._say = say
 
     def __enter__(self):
         def handler(signum, frame):
+            if self.hit:
+                raise KeyboardInterrupt
             self.hit = True
+            self._say("interrupted: stopping after this step with a snapshot (Ctrl-C again to stop at once)")
         try:
             self._old = signal.signal(signal.SIGINT, handler)
         except ValueError:  # not the main thread
@@ -126,7 +132,14 @@ class Trainer:
         self.target_size = tuple(self.net.input_shapes[TARGET_BLOB][-2:])
         if config.weights and not config.resume:
             self.net.copy_from(config.weights, strict=False)
-        self.out.mkdir(parents=True, exist_ok=True)  # only once the configuration is known to be good
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainingError(f"--out {self.out}: exists and is not a folder")
+        self.train_set, self.test_set = self.load_data()
+        # Created only once the configuration and the data are known to be good.
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self._split_record is not None:
+            text = json.dumps(self._split_record, indent=1)
+            formats.atomic_write(self.split_file, lambda tmp: Path(tmp).write_text(text))
         self.prefix = self.out / (Path(self.solver_param.snapshot_prefix or "salicon").name)
         self.loss_tops = dict(self.net.loss_weights)
         loss_layers = [lp for lp in self.net.layer_params.values() if set(lp.top) & set(self.loss_tops)]
@@ -147,6 +160,7 @@ class Trainer:
         cfg = self.config
         dataset = open_dataset(cfg.data, cfg.maps, sigma=cfg.sigma)
         split_file = Path(cfg.split) if cfg.split else self.out / "split.json"
+        self.split_file, self._split_record = split_file, None
         if cfg.split and not split_file.exists():
             raise TrainingError(f"{split_file}: no such split file")
         if split_file.exists():
@@ -157,8 +171,7 @@ class Trainer:
                 raise TrainingError(f"{split_file}: names not in {cfg.data}: {', '.join(unknown[:10])}")
         else:
             train_names, test_names = split_names(dataset.names(), cfg.test, cfg.seed)
-            text = json.dumps({"seed": cfg.seed, "train": train_names, "test": test_names}, indent=1)
-            formats.atomic_write(split_file, lambda tmp: Path(tmp).write_text(text))
+            self._split_record = {"seed": cfg.seed, "train": train_names, "test": test_names}  # written later
         wanted = set(train_names) | set(test_names)
         samples = [s for s in dataset.samples if s.name in wanted]
         start = time.perf_counter()
@@ -206,7 +219,7 @@ class Trainer:
     # ------------------------------------------------------------- loop
     def run(self, progress: bool = True) -> TrainResult:
         cfg = self.config
-        train, test = self.load_data()
+        train, test = self.train_set, self.test_set
         if not train:
             raise TrainingError("no training images")
         (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
@@ -228,7 +241,7 @@ class Trainer:
         first_iter = self.backend.iter
         last_snapshot = None
         train_loss = float("nan")
-        with open(log_path, "a") as log, _Interrupt() as interrupt:
+        with open(log_path, "a") as log, _Interrupt(self.say if bar is None else bar.write) as interrupt:
             while True:
                 it = self.backend.iter
                 if max_iter is not None and it >= max_iter:
@@ -271,11 +284,13 @@ class Trainer:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                     history.append(record)
-                    if bar is not None:
-                        remaining = deadline - time.perf_counter()
-                        bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2g}",
-                                        img_s=f"{rate:.2f}", left=_hms(remaining))
-                if bar is not None:
+                if bar is not None:  # every step, so loss and time left never freeze
+                    elapsed = time.perf_counter() - start
+                    rate = (self.backend.iter - first_iter) / max(elapsed, 1e-9)
+                    bar.set_postfix(loss=f"{float(np.mean(recent)):.4g}",
+                                    lr=f"{learning_rate(self.solver_param, self.backend.iter - 1):.2g}",
+                                    img_s=f"{rate:.2f}", left=_hms(deadline - time.perf_counter()),
+                                    refresh=False)
                     bar.update(1)
                 if snapshot_every and self.backend.iter % snapshot_every == 0:
                     last_snapshot = self.backend.snapshot(self.prefix)
@@ -288,7 +303,8 @@ class Trainer:
             model, state = last_snapshot
         else:
             model, state = self.backend.snapshot(self.prefix)
-        val = self.validate(test) if not failed else {"val_loss": None}
+        # An interrupted run ends quickly: its user wants control back, not a validation pass.
+        val = self.validate(test) if not failed and stop_reason != "interrupted" else {"val_loss": None}
         seconds = time.perf_counter() - start
         record = {"event": "end", "iter": self.backend.iter, "reason": stop_reason, **val,
                   "time": seconds, "model": model.name}
@@ -305,8 +321,9 @@ class Trainer:
             plot_validation_curve(history, self.out / "validation.png")
         except (OSError, ValueError):
             pass
+        summary = "validation skipped" if stop_reason == "interrupted" else _describe(val)
         self.say(f"stopped after {self.backend.iter} iterations ({stop_reason}), {seconds:.0f} s; "
-                 f"{_describe(val)}; wrote {model} and {state}")
+                 f"{summary}; wrote {model} and {state}")
         if failed:
             raise TrainingError(f"training stopped: {stop_reason}; the last good weights are in {model}")
         return TrainResult(self.backend.iter, seconds, stop_reason, model, state, train_loss, val["val_loss"],

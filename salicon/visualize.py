@@ -9,23 +9,39 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
+#: Row bands of at most this many pixels keep whole-image float temporaries
+#: out of the pictures of huge images.
+_BAND_PIXELS = 1 << 22
+
+
+def _row_bands(height: int, width: int):
+    rows = max(1, _BAND_PIXELS // max(1, width))
+    for start in range(0, height, rows):
+        yield slice(start, min(height, start + rows))
+
+
 def threshold_map(saliency_map: np.ndarray, threshold: float) -> np.ndarray:
     """Zero every value below ``threshold`` (in [0, 1]) for a crisper map, as the
     OpenSALICON report suggests; values above it are kept."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    return np.where(saliency_map >= threshold, saliency_map, 0.0).astype(np.float32)
+    out = np.array(saliency_map, dtype=np.float32)
+    out[out < threshold] = 0.0
+    return out
 
 
 def to_uint8(saliency_map: np.ndarray) -> np.ndarray:
     """A [0, 1] map as 8-bit grayscale (0..255, rounded)."""
-    return np.round(np.clip(saliency_map, 0.0, 1.0) * 255.0).astype(np.uint8)
+    out = np.empty(saliency_map.shape, dtype=np.uint8)
+    for rows in _row_bands(*saliency_map.shape[:2]):
+        out[rows] = np.round(np.clip(saliency_map[rows], 0.0, 1.0) * 255.0)
+    return out
 
 
 def jet(values: np.ndarray) -> np.ndarray:
     """The classic 'jet' colormap (blue - cyan - yellow - red) of [0, 1] values, HxWx3 uint8."""
     v = np.clip(values, 0.0, 1.0)[..., None]
-    centres = np.array([0.75, 0.5, 0.25])  # red, green, blue peaks
+    centres = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # red, green, blue peaks
     rgb = np.clip(1.5 - np.abs(4.0 * v - 4.0 * centres), 0.0, 1.0)
     return np.round(rgb * 255.0).astype(np.uint8)
 
@@ -34,14 +50,19 @@ def overlay(image_rgb: np.ndarray, saliency_map: np.ndarray, alpha: float = 0.5)
     """Blend the jet heatmap of ``saliency_map`` over an RGB image (0..255).
 
     The heatmap's opacity grows with saliency (up to ``alpha``), so
-    non-salient regions show the image almost unchanged.
+    non-salient regions show the image almost unchanged. Computed in bands
+    of rows, so a huge picture needs no float copy of its own size.
     """
     if image_rgb.shape[:2] != saliency_map.shape:
         raise ValueError(f"image {image_rgb.shape[:2]} and map {saliency_map.shape} sizes differ")
-    heat = jet(saliency_map).astype(np.float32)
-    weight = alpha * np.clip(saliency_map, 0.0, 1.0)[..., None] ** 0.5
-    out = image_rgb.astype(np.float32) * (1.0 - weight) + heat * weight
-    return np.round(np.clip(out, 0, 255)).astype(np.uint8)
+    out = np.empty(saliency_map.shape + (3,), dtype=np.uint8)
+    for rows in _row_bands(*saliency_map.shape):
+        sal = saliency_map[rows].astype(np.float32)
+        heat = jet(sal).astype(np.float32)
+        weight = alpha * np.sqrt(np.clip(sal, 0.0, 1.0))[..., None]
+        blend = image_rgb[rows].astype(np.float32) * (1.0 - weight) + heat * weight
+        out[rows] = np.round(np.clip(blend, 0, 255))
+    return out
 
 
 def plot_loss_curve(history: Sequence[dict], path: Union[str, os.PathLike], size=(800, 450)) -> None:

@@ -44,6 +44,11 @@ def init_from_vgg16(vgg16: PathLike, prototxt: PathLike | None = None, seed: int
     absent = [name for name in VGG16_CONV_LAYERS if name not in source]
     if absent:
         raise FormatError(f"{vgg16}: no layer(s) {', '.join(absent)}; is this a VGG-16 .caffemodel?")
+    salicon_layers = [name for name in source if name.startswith(COARSE_PREFIX) or name == "saliency_map"]
+    if salicon_layers:
+        raise FormatError(f"{vgg16}: holds SALICON layers ({', '.join(salicon_layers[:3])}, ...), so it is a "
+                          f"SALICON model, not ImageNet VGG-16; fine-tune from it directly with "
+                          f"`salicon train --weights {vgg16}`")
     params = net.params
     targets = {}
     for name in VGG16_CONV_LAYERS:

@@ -1,6 +1,7 @@
 """The ``salicon`` command: predict over files and folders, bad files, outputs."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -102,3 +103,114 @@ def test_quick_start_predicts_with_the_shipped_model(tmp_path):
     sal = np.asarray(Image.open(out / "astronaut.png"))
     assert sal.shape == (512, 512) and sal.max() == 255 and sal.min() == 0
     assert np.asarray(Image.open(out / "astronaut_overlay.png")).shape == (512, 512, 3)
+
+
+# ------------------------------------------- usage errors and early checks
+
+
+def test_bad_counts_and_durations_are_usage_errors_of_their_subcommand(capsys):
+    cases = [(["predict", "x.jpg", "-o", "out", "--batch-size", "0"], "salicon predict: error: argument --batch-size"),
+             (["train", "--data", "d", "--out", "o", "--max-iter", "-3"], "--max-iter: must be at least 1, got -3"),
+             (["train", "--data", "d", "--out", "o", "--max-iter", "0"], "--max-iter: must be at least 1"),
+             (["train", "--data", "d", "--out", "o", "--time-limit", "-5m"], "duration must be positive, got '-5m'"),
+             (["train", "--data", "d", "--out", "o", "--time-limit", "0"], "duration must be positive"),
+             (["train", "--data", "d", "--out", "o", "--workers", "0"], "--workers: must be at least 1"),
+             (["evaluate", "--dataset", "d", "--limit", "-1"], "--limit: must be at least 1"),
+             (["predict", "x.jpg", "-o", "out", "--max-pixels", "lots"], "--max-pixels: expected a pixel count")]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert expected in err, (argv, err)
+        assert f"usage: salicon {argv[0]}" in err  # the subcommand's usage, not the top level's
+
+
+def test_help_shows_no_doubled_or_empty_defaults(capsys):
+    for command in ("predict", "train", "evaluate", "init-weights", "export-onnx", "export-caffemodel"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text and "(default: False)" not in text
+        assert text.count("(default: the shipped pretrained model") <= 1
+        assert not re.search(r"\(default:[^)]*\) \(default:", text), command
+
+
+def test_predict_into_an_existing_file_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "good.jpg"
+    Image.new("RGB", (20, 20)).save(target)
+    before = target.read_bytes()
+    monkeypatch.setattr("salicon.model.Salicon.__init__", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["predict", str(target), "-o", str(target), "-q"]) == 1
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert target.read_bytes() == before
+
+
+def test_predict_all_failed_says_so_and_creates_no_folder(tmp_path, small_model, small_prototxt, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "never"
+    assert main(["predict", str(bad), "-o", str(out), "--model", str(small_model), "--prototxt",
+                 str(small_prototxt), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "no saliency maps written" in err and "wrote 0" not in err
+    assert not out.exists()
+
+
+def test_no_model_message_speaks_cli(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("salicon.model.default_model_path", lambda: tmp_path / "absent.safetensors")
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "model=PATH" not in err and "shipped pretrained model is missing" in err
+
+
+def test_huge_images_are_refused_with_the_projects_own_message(tmp_path, small_model, small_prototxt, capsys):
+    big = tmp_path / "big.png"
+    _png_header_only(big, 20000, 20000)
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 30), "gray").save(good)
+    out = tmp_path / "out"
+    assert main(["predict", str(big), str(good), "-o", str(out), "--model", str(small_model), "--prototxt",
+                 str(small_prototxt), "--device", "cpu", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "400.0 megapixels exceeds the limit of 179.0 megapixels" in err and "--max-pixels" in err
+    assert "DecompressionBomb" not in err
+    assert (out / "good.png").exists()
+    # a lower limit refuses smaller images too
+    assert main(["predict", str(good), "-o", str(out), "--model", str(small_model), "--prototxt",
+                 str(small_prototxt), "--device", "cpu", "-q", "--max-pixels", "1000"]) == 1
+    assert "40x30 pixels (0.0 megapixels) exceeds the limit of 0.0 megapixels" in capsys.readouterr().err
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header claims width x height (its pixel data is absent)."""
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_same_stem_inputs_keep_their_extension(tmp_path, small_model, small_prototxt):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), "red").save(folder / "x.jpg")
+    Image.new("RGB", (20, 20), "blue").save(folder / "x.png")
+    Image.new("RGB", (20, 20), "blue").save(folder / "y.png")
+    out = tmp_path / "out"
+    assert _predict([folder, "-o", out], small_model, small_prototxt) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x.jpg.png", "x.png.png", "y.png"]
+    from .conftest import ROOT
+    assert "`x.jpg.png`, `x.png.png`" in (ROOT / "README.md").read_text()  # the rule is documented
+
+
+def test_init_weights_refuses_to_overwrite_other_files(tmp_path, capsys):
+    victim = tmp_path / "photo.jpg"
+    victim.write_bytes(b"precious")
+    assert main(["init-weights", "--vgg16", str(tmp_path / "vgg.caffemodel"), "-o", str(victim)]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert victim.read_bytes() == b"precious"

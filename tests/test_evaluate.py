@@ -106,3 +106,57 @@ def test_osie_baselines_match_published_ranges():
     assert 0.83 <= s["center_bias"]["NSS"]["mean"] <= 0.92
     assert 0.29 <= s["center_bias"]["CC"]["mean"] <= 0.34
     assert 0.92 <= s["inter_observer"]["AUC_Judd"]["mean"] <= 0.96
+
+
+def test_evaluate_fails_when_the_model_scores_no_image(dataset_dir, tmp_path, capsys):
+    empty = tmp_path / "maps_empty"
+    empty.mkdir()
+    (empty / "s0.npy").write_bytes(b"garbage, not a .npy")  # unreadable
+    code = main(["evaluate", "--dataset", f"folder:{dataset_dir}", "--saliency-maps", str(empty),
+                 "--out", str(tmp_path / "e"), "-q"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "s0.npy: not a readable .npy saliency map" in err
+    assert "no saliency map for image 's1'" in err
+    assert "maps_empty: no image could be scored (6 failed)" in err
+    code = main(["evaluate", "--dataset", f"folder:{dataset_dir}", "--saliency-maps", str(tmp_path / "nonexist"),
+                 "--out", str(tmp_path / "e"), "-q"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "nonexist: no such folder" in err
+
+
+def test_evaluate_partial_failure_is_reported_and_nonzero(dataset_dir, tmp_path, capsys):
+    maps = tmp_path / "preds"
+    maps.mkdir()
+    for f in sorted((dataset_dir / "maps").iterdir())[:4]:
+        np.save(maps / f"{f.stem}.npy", np.asarray(Image.open(f), float))
+    code = main(["evaluate", "--dataset", f"folder:{dataset_dir}", "--saliency-maps", str(maps),
+                 "--out", str(tmp_path / "e"), "-q", "--metrics", "CC"])
+    assert code == 1
+    assert "2 of 6 image(s) could not be scored" in capsys.readouterr().err
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["preds"]["CC"]["n"] == 4
+
+
+def test_evaluate_says_which_metrics_cannot_be_computed(dataset_dir, tmp_path, capsys):
+    import shutil
+    shutil.rmtree(dataset_dir / "fixations")  # maps only: no fixation points
+    maps = tmp_path / "preds"
+    maps.mkdir()
+    for f in (dataset_dir / "maps").iterdir():
+        np.save(maps / f"{f.stem}.npy", np.asarray(Image.open(f), float))
+    args = ["evaluate", "--dataset", f"folder:{dataset_dir}", "--saliency-maps", str(maps), "-q"]
+    assert main(args + ["--metrics", "NSS,CC", "--out", str(tmp_path / "e1")]) == 1  # NSS asked for by name
+    err = capsys.readouterr().err
+    assert "metric NSS cannot be computed" in err and "fixation points" in err
+    assert "CC" in json.loads((tmp_path / "e1" / "summary.json").read_text())["preds"]
+    assert main(args + ["--metrics", "NSS", "--out", str(tmp_path / "e2")]) == 1
+    assert "none of the requested metrics" in capsys.readouterr().err
+    # the default metric list: the location metrics are noted, the others scored, exit 0
+    assert main(args + ["--metrics", "CC,SIM", "--out", str(tmp_path / "e3")]) == 0
+
+
+def test_unknown_dataset_kind_is_named():
+    from salicon.data import DataError
+    with pytest.raises(DataError, match="unknown data set kind 'bogus'.*osie, folder, mit1003, cat2000, salicon"):
+        open_dataset("bogus:small")

@@ -179,3 +179,68 @@ def test_bf16_autocast_steps_run(setup):
     """The GPU option, exercised with CPU autocast: finite losses, weights move."""
     result = train(setup("bf16", max_iter=3, precision="bf16"), progress=False, log=lambda m: None)
     assert result.iterations == 3 and np.isfinite(result.train_loss)
+
+
+def test_bad_data_leaves_no_output_folder(tmp_path, setup):
+    cfg = setup("never")
+    cfg.data = str(tmp_path / "nonexist")
+    with pytest.raises(DataError):
+        Trainer(cfg, log=lambda m: None)
+    assert not (tmp_path / "never").exists()
+    bad = make_data(tmp_path / "bad", n=3)
+    (bad / "maps" / "im0.png").unlink()
+    cfg.data = str(bad)
+    assert main(["train", "--data", cfg.data, "--out", cfg.out, "--solver", cfg.solver, "-q"]) == 1
+    assert not (tmp_path / "never").exists()
+
+
+def test_ctrl_c_snapshots_without_validation_and_exits_130(setup, tmp_path, monkeypatch):
+    import os
+    import signal
+    from salicon import train as train_module
+    cfg = setup("interrupted")
+    validations = []
+    original_step = train_module._TorchBackend.step
+
+    def step(self, feeds):
+        loss = original_step(self, feeds)
+        if self.iter == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C during step 2
+        return loss
+    monkeypatch.setattr(train_module._TorchBackend, "step", step)
+    original_validate = train_module.Trainer.validate
+    monkeypatch.setattr(train_module.Trainer, "validate",
+                        lambda self, s: validations.append(1) or original_validate(self, s))
+    code = main(["train", "--data", cfg.data, "--out", cfg.out, "--solver", cfg.solver, "--weights", cfg.weights,
+                 "--max-iter", "50", "--device", "cpu", "--test", "1", "-q"])
+    assert code == 130
+    assert (tmp_path / "interrupted" / "salicon_iter_2.caffemodel").exists()
+    assert not validations
+    end = json.loads((tmp_path / "interrupted" / "log.jsonl").read_text().splitlines()[-1])
+    assert end["reason"] == "interrupted" and end["iter"] == 2
+
+
+def test_second_ctrl_c_stops_at_once(setup, tmp_path, monkeypatch):
+    import os
+    import signal
+    from salicon import train as train_module
+    cfg = setup("twice", snapshot=1)
+    original_step = train_module._TorchBackend.step
+
+    def step(self, feeds):
+        loss = original_step(self, feeds)
+        if self.iter == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # impatient: a second Ctrl-C before the step ends
+        return loss
+    monkeypatch.setattr(train_module._TorchBackend, "step", step)
+    code = main(["train", "--data", cfg.data, "--out", cfg.out, "--solver", cfg.solver, "--weights", cfg.weights,
+                 "--max-iter", "50", "--device", "cpu", "--test", "1", "-q"])
+    assert code == 130
+    snapshot = tmp_path / "twice" / "salicon_iter_1.caffemodel"  # the last snapshot stays valid
+    Net(cfg_prototxt(cfg), phase="train").copy_from(snapshot, strict=True)
+    assert not (tmp_path / "twice" / "salicon_iter_2.caffemodel").exists()
+
+
+def cfg_prototxt(cfg) -> str:
+    return formats.read_solver_prototxt(cfg.solver).net

@@ -91,3 +91,11 @@ def test_init_from_real_vgg16(tmp_path):
     # ImageNet features respond to an image: conv1_1 filters are not random noise.
     w = torch.from_numpy(source["conv1_1"][0])
     assert w.shape == (64, 3, 3, 3) and float(w.abs().mean()) > 0.05
+
+
+def test_init_rejects_a_trained_salicon_model(tmp_path, small_prototxt):
+    from salicon.engine import Net as _Net
+    model = tmp_path / "trained.caffemodel"
+    _Net(small_prototxt).save(model)  # every VGG layer, plus sec_* and saliency_map
+    with pytest.raises(FormatError, match="SALICON model, not ImageNet VGG-16"):
+        init_from_vgg16(model)

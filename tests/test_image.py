@@ -1,0 +1,58 @@
+"""Image loading: the accepted forms of an image, and clear errors for the rest."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from salicon import ImageError, Salicon, load_image
+
+from .test_cli import _png_header_only
+
+
+@pytest.mark.parametrize("source, expected", [
+    ([[1, 2], [3, 4]], "cannot read an image from a list"),
+    (None, "cannot read an image from a NoneType"),
+    (3.5, "cannot read an image from a float"),
+    (b"abc", "<3 bytes>: not an image file"),
+    (b"", "empty data"),
+])
+def test_unreadable_sources_raise_image_error(source, expected):
+    with pytest.raises(ImageError, match=expected):
+        load_image(source)
+
+
+def test_encoded_bytes_are_an_image(small_model, small_prototxt):
+    rgb = (np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    np.testing.assert_array_equal(load_image(buffer.getvalue()), rgb.astype(np.float32))
+    model = Salicon(small_model, small_prototxt, device="cpu")
+    from_bytes = model.compute_saliency(buffer.getvalue())
+    np.testing.assert_array_equal(from_bytes, model.compute_saliency(rgb))
+    with pytest.raises(ImageError, match="cannot read an image from a list"):
+        model.compute_saliency([[1, 2], [3, 4]])
+
+
+def test_uint8_loading_keeps_eight_bits(tmp_path):
+    rgb = (np.random.default_rng(1).random((10, 12, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    out = load_image(tmp_path / "a.png", as_float=False)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, rgb)
+    assert load_image(tmp_path / "a.png").dtype == np.float32
+
+
+def test_pixel_limit_is_checked_before_decoding_and_can_be_lifted(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # lifting raises PIL's; restore it
+    path = tmp_path / "huge.png"
+    _png_header_only(path, 30000, 30000)
+    with pytest.raises(ImageError, match="900.0 megapixels exceeds the limit of 179.0 megapixels"):
+        load_image(path)
+    with pytest.raises(ImageError, match=r"900.0 megapixels\)? exceeds the limit of 500.0"):
+        load_image(path, max_pixels=500_000_000)
+    # lifted: the limit no longer applies and decoding itself fails (the file has no pixel data)
+    with pytest.raises(ImageError, match="cannot decode the image"):
+        load_image(path, max_pixels=None)
