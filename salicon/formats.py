@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -198,6 +199,9 @@ def read_net_prototxt(path: PathLike) -> caffe_pb2.NetParameter:
     except UnicodeDecodeError as exc:
         raise FormatError(f"{path}: not a text prototxt (binary data; is it a .caffemodel?)") from exc
     net = caffe_pb2.NetParameter()
+    if re.search(r"^\s*(base_lr|lr_policy|solver_type|max_iter)\s*:", text, re.M):
+        raise FormatError(f"{path}: this is a solver prototxt (it sets base_lr, lr_policy, ...), "
+                          f"not a net definition")
     _parse_text(text, net, path, "net prototxt")
     if not (net.layer or net.layers):
         raise FormatError(f"{path}: the net prototxt defines no layers")
@@ -489,6 +493,8 @@ def read_weights(path: PathLike) -> tuple[dict[str, list], dict[str, str]]:
     """Parameter blobs of a weights file, whatever its format: a .caffemodel
     (layer -> BlobProtos, legacy shapes kept for Caffe's shape rules) or a
     safetensors file (layer -> float32 arrays); also the file's metadata."""
+    if not Path(path).exists():
+        raise FormatError(f"{path}: no such weights file (.caffemodel or .safetensors)")
     if is_safetensors(path):
         tensors, metadata = read_safetensors(path)
         return tensors_to_params(tensors, path), metadata

@@ -82,7 +82,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise ValueError(f"invalid device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EngineError(f"device {device!r} requested but CUDA is not available to PyTorch "
-                          f"{torch.__version__}; use device='cpu' or 'auto'")
+                          f"{torch.__version__}; choose device 'cpu' or 'auto'")
     return dev
 
 

@@ -310,3 +310,13 @@ def test_safetensors_with_wrong_names_or_shapes(tmp_path, tiny_prototxt):
     formats.write_safetensors(gap, {k: v for k, v in tensors.items() if k != "conv/0"})
     with pytest.raises(FormatError, match="layer 'conv' has blobs \\[1\\]"):
         net.copy_from(gap)
+
+
+def test_a_solver_given_as_net_is_named_as_such():
+    with pytest.raises(FormatError, match="this is a solver prototxt"):
+        formats.read_net_prototxt(PROTOTXT / "solver.prototxt")
+
+
+def test_missing_weights_file_is_named_neutrally(tmp_path, tiny_prototxt):
+    with pytest.raises(FormatError, match=r"no such weights file \(.caffemodel or .safetensors\)"):
+        Net(tiny_prototxt).copy_from(tmp_path / "nonexist.safetensors")

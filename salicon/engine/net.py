@@ -255,8 +255,11 @@ class Net(nn.Module):
                         f"{source}: layer '{name}' blob {i} ({layer.blob_names[i]}) has shape "
                         f"{shape} in the file but {tuple(param.shape)} in {self.source}")
                 array = formats.blob_to_array(blob) if isinstance(blob, caffe_pb2.BlobProto) else blob
+                array = np.asarray(array, dtype=np.float32).reshape(tuple(param.shape))
+                if not array.flags.writeable:  # a view of a file's bytes; torch wants its own memory
+                    array = array.copy()
                 with torch.no_grad():
-                    param.copy_(torch.from_numpy(np.asarray(array, dtype=np.float32).reshape(tuple(param.shape))))
+                    param.copy_(torch.from_numpy(array))
         if missing:
             message = f"{source}: no weights for layer(s) {', '.join(missing)} of {self.source}"
             if strict:
