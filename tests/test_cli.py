@@ -214,3 +214,31 @@ def test_init_weights_refuses_to_overwrite_other_files(tmp_path, capsys):
     assert main(["init-weights", "--vgg16", str(tmp_path / "vgg.caffemodel"), "-o", str(victim)]) == 1
     assert "refusing to overwrite" in capsys.readouterr().err
     assert victim.read_bytes() == b"precious"
+
+
+@pytest.mark.slow
+def test_large_image_memory_stays_near_the_images_own_size(tmp_path, small_model, small_prototxt):
+    """A 36-megapixel PNG with --overlay --npy: peak RSS far below the 100+ bytes a
+    pixel of whole-image float copies (about 9 bytes a pixel: the 8-bit image,
+    the float32 map and the 8-bit outputs)."""
+    h, w = 6000, 6000
+    ramp = np.linspace(0, 255, w, dtype=np.float32)
+    rgb = np.empty((h, w, 3), np.uint8)
+    rgb[...] = ramp.astype(np.uint8)[None, :, None]
+    rgb[::7, :, 1] = 255
+    Image.fromarray(rgb).save(tmp_path / "big.png", compress_level=1)
+    del rgb
+    out = tmp_path / "out"
+    code = (f"import resource, sys; from salicon.cli import main; "
+            f"rc = main(['predict', {str(tmp_path / 'big.png')!r}, '-o', {str(out)!r}, '--overlay', '--npy', "
+            f"'--model', {str(small_model)!r}, '--prototxt', {str(small_prototxt)!r}, '--device', 'cpu', '-q']); "
+            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    baseline = subprocess.run([sys.executable, "-c", "import resource, salicon.cli, torch; "
+                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+                              capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    extra_mb = (int(result.stdout.split()[-1]) - int(baseline.stdout.split()[-1])) / 1024
+    assert extra_mb < 20 * h * w / 2 ** 20, f"{extra_mb:.0f} MB above the bare process for {h * w / 1e6:.0f} MP"
+    assert np.load(out / "big.npy").shape == (h, w)
+    assert Image.open(out / "big_overlay.png").size == (w, h)
