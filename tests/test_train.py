@@ -244,3 +244,16 @@ def test_second_ctrl_c_stops_at_once(setup, tmp_path, monkeypatch):
 
 def cfg_prototxt(cfg) -> str:
     return formats.read_solver_prototxt(cfg.solver).net
+
+
+def test_progress_bar_postfix_is_updated_every_step(setup, monkeypatch):
+    import tqdm
+    seen = []
+    original = tqdm.tqdm.set_postfix
+
+    def record(self, *args, **kwargs):
+        seen.append(kwargs.get("left"))
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(tqdm.tqdm, "set_postfix", record)
+    train(setup("bar", max_iter=5), progress=True, log=lambda m: None)  # display: 2 in the solver
+    assert len(seen) == 5 and all(seen)
