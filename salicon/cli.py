@@ -115,7 +115,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs_resolved = {src.resolve() for src, _ in items}
     try:
         model = Salicon(args.model, args.prototxt, device=args.device, precision=args.precision, engine=args.engine,
-                        input_scale=args.input_scale, resize=args.resize, max_pixels=args.max_pixels)
+                        input_scale=args.input_scale, resize=args.resize, max_pixels=args.max_pixels,
+                        postprocess=args.postprocess)
     except (SaliconError, ValueError) as exc:
         _error(str(exc))
         return 1
@@ -307,19 +308,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             names = dataset.names()[:args.limit]
         elif names is not None and args.limit:
             names = names[:args.limit]
-        predict, model_name = None, None
+        predict, model_names = None, ["model"]
         if args.saliency_maps:
-            predict, model_name = saliency_maps_from_folder(args.saliency_maps), Path(args.saliency_maps).name
+            predict = saliency_maps_from_folder(args.saliency_maps)
+            model_names = [Path(args.saliency_maps).name]
         elif args.model or not args.baselines_only:
             from .model import Salicon
+            specs = args.postprocess or ["default"]
             model = Salicon(args.model, args.prototxt, device=args.device, engine=args.engine,
-                            precision=args.precision,
-                            input_scale=args.input_scale)
-            predict, model_name = (lambda sample: model.compute_saliency(sample.image_path)), "salicon"
+                            precision=args.precision, input_scale=args.input_scale, postprocess=specs[0])
+            posts = [model.resolve_postprocess(spec) for spec in specs]
+            labels = ["salicon"] if len(posts) == 1 else [f"salicon[{spec}]" for spec in specs]
+
+            def predict(sample):  # one forward pass, every configuration
+                inputs, size = model.preprocess(sample.image_path)
+                raw = model.forward({k: v[None] for k, v in inputs.items()})[0]
+                return {label: model.postprocess(raw, size, post) for label, post in zip(labels, posts)}
+            model_names = labels
         total = len(names) if names is not None else len(dataset)
         with tqdm(total=total, unit="img", disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as bar:
             result = evaluate(dataset, predict, names, metrics, baselines=not args.no_baselines,
-                              model_name=model_name or "model", seed=args.seed, progress=bar.update,
+                              model_name=model_names, seed=args.seed, progress=bar.update,
                               on_error=lambda m: bar.write(f"salicon: error: {m}", file=sys.stderr))
     except (SaliconError, DataError, ValueError, OSError) as exc:
         _error(str(exc))
@@ -331,8 +340,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not result.metrics:
         _error("none of the requested metrics can be computed on this data set")
         return 1
-    if predict is not None:
-        name = model_name or "model"
+    for name in model_names if predict is not None else ():
         failed, scored = result.failed.get(name, 0), result.scored(name)
         if not scored:
             _error(f"{name}: no image could be scored ({failed} failed); nothing to report")
@@ -349,10 +357,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .visualize import contact_sheet, score_histograms
         score_histograms(result, out / "histograms.png")
         if predict is not None:
-            contact_sheet(result, dataset, predict, out / "contact_sheet.png", metric="NSS",
-                          model=model_name or "model")
+            contact_sheet(result, dataset, lambda s: _first_map(predict(s)), out / "contact_sheet.png",
+                          metric="NSS", model=model_names[0])
         print(f"wrote pictures to {out}", file=sys.stderr)
     return status
+
+
+def _first_map(prediction):
+    return next(iter(prediction.values())) if isinstance(prediction, dict) else prediction
 
 
 # ------------------------------------------------------------------ main
@@ -462,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the default, about 179 megapixels, is PIL's own limit")
     p.add_argument("--resize", default="spline", choices=["spline", "scipy", "bilinear"],
                    help="resize method (spline = the published cubic zoom, computed fast)")
+    p.add_argument("--postprocess", default="default", metavar="SPEC",
+                   help="'default' (the model's recorded post-processing: the shipped model's centre prior), "
+                        "'none' (the published output) or key=value pairs, e.g. "
+                        "'blur=0.02,prior=learned,weight=1,normalize=probability' (see the README)")
     p.add_argument("--npy", action="store_true", help="also write the float32 map as .npy")
     p.add_argument("--overlay", action="store_true", help="also write a heatmap over the image (_overlay.png)")
     p.add_argument("--threshold", type=float, metavar="T",
@@ -516,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(default: the shipped pretrained model, SALICON trained on OSIE)")
     p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
     p.add_argument("--saliency-maps", metavar="DIR", help="score precomputed maps (<name>.npy or images) instead")
+    p.add_argument("--postprocess", action="append", metavar="SPEC",
+                   help="post-processing of the model's maps (as in predict; default: 'default'); repeat it to "
+                        "score several configurations from one forward pass, e.g. --postprocess none "
+                        "--postprocess default")
     p.add_argument("--baselines-only", action="store_true", help="score only the baselines")
     p.add_argument("--no-baselines", action="store_true", help="skip the centre-bias and inter-observer rows")
     p.add_argument("--split", help="split.json (its test list) or a text file of image names")

@@ -221,11 +221,17 @@ class Evaluation:
 
 
 def evaluate(dataset: Dataset, predict: Callable[[Sample], np.ndarray] | None, names: Sequence[str] | None = None,
-             metrics: Sequence[str] = DEFAULT_METRICS, baselines: bool = True, model_name: str = "salicon",
+             metrics: Sequence[str] = DEFAULT_METRICS, baselines: bool = True,
+             model_name: str | Sequence[str] = "salicon",
              seed: int = 0, progress: Callable[[int], None] | None = None,
              on_error: Callable[[str], None] | None = None) -> Evaluation:
     """Score ``predict`` (a sample -> saliency map function, or None for
-    baselines only) on ``dataset`` (restricted to ``names`` if given)."""
+    baselines only) on ``dataset`` (restricted to ``names`` if given).
+    ``predict`` may also return a dict model name -> map (several
+    configurations of one model scored in one pass); ``model_name`` is then
+    the list of those names, for counting failures."""
+    model_names = ([model_name] if isinstance(model_name, str) else list(model_name)) if predict is not None else []
+    model_name = model_names[0] if model_names else "model"
     samples = dataset.samples
     if names is not None:
         wanted = list(dict.fromkeys(names))
@@ -252,11 +258,15 @@ def evaluate(dataset: Dataset, predict: Callable[[Sample], np.ndarray] | None, n
             except SaliconError as exc:
                 if on_error is None:
                     raise
-                result.failed[model_name] = result.failed.get(model_name, 0) + 1
+                for name in model_names:
+                    result.failed[name] = result.failed.get(name, 0) + 1
                 on_error(str(exc))
             else:
-                result.rows.append({"image": sample.name, "model": model_name,
-                                    **score(prediction, truth, other, baseline, metrics, seed)})
+                if not isinstance(prediction, dict):
+                    prediction = {model_name: prediction}
+                for name, saliency_map in prediction.items():
+                    result.rows.append({"image": sample.name, "model": name,
+                                        **score(saliency_map, truth, other, baseline, metrics, seed)})
         if baselines:
             result.rows.append({"image": sample.name, "model": "center_bias",
                                 **score(baseline, truth, other, baseline, metrics, seed)})

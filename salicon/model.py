@@ -10,6 +10,7 @@ editing the sizes in the prototxt is all it takes to run at other scales.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,8 @@ from .engine import Net
 from .errors import EngineError, SaliconError
 from .image import ImageLike, load_image
 from .image import DEFAULT_MAX_PIXELS
-from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS, image_to_inputs, saliency_to_image_size
+from .postprocess import CenterPrior, PostProcess, PostProcessError, parse_postprocess
+from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS, image_to_inputs
 
 PathLike = Union[str, os.PathLike]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +63,24 @@ def default_model_path() -> Path:
         return Path(str(resources.files("salicon.models") / DEFAULT_MODEL))
     except ModuleNotFoundError:
         return local
+
+
+def model_record_path(path: PathLike) -> Path:
+    """Where the record of the weights file ``path`` lies: ``<stem>.json`` beside it."""
+    return Path(path).with_suffix(".json")
+
+
+def model_record(path: PathLike) -> dict:
+    """The record beside a weights file (``<stem>.json``: what the model is,
+    its learned centre prior and default post-processing), or {}."""
+    sidecar = model_record_path(path)
+    if not sidecar.is_file():
+        return {}
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SaliconError(f"{sidecar}: the model's record is not valid JSON ({exc})") from None
+    return record if isinstance(record, dict) else {}
 
 
 def model_metadata(path: PathLike) -> dict[str, str]:
@@ -129,13 +149,18 @@ class Salicon:
             (PyTorch, the default engine).
         max_pixels: images with more pixels are refused before decoding
             (default about 179 megapixels, PIL's own limit; None: no limit).
+        postprocess: ``"default"`` (the model's recorded configuration: the
+            shipped model's centre prior; plain output for a model without a
+            record), ``"none"`` (the published output), a specification such
+            as ``"blur=0.02,prior=learned,normalize=probability"`` or a
+            :class:`~salicon.postprocess.PostProcess` (see that module).
     """
 
     def __init__(self, model: PathLike | None = None, prototxtpath: PathLike | None = None, *,
                  device: str | torch.device = "auto", precision: str = "fp32",
                  input_scale: float | None = None, resize: str = "spline",
                  mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, postprocess: str | PostProcess = "default"):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         if resize not in RESIZE_METHODS:
@@ -160,6 +185,17 @@ class Salicon:
         self.mean_bgr = tuple(float(m) for m in mean_bgr)
         self.resize = resize
         self.max_pixels = max_pixels
+        record = model_record(self.model_path)
+        try:
+            #: The model's learned centre prior (``prior=learned``), if its record has one.
+            self.center_prior = CenterPrior.from_dict(record["center_prior"]) if record.get("center_prior") else None
+            #: The model's recorded post-processing (plain for a model without a record).
+            self.default_post = (PostProcess.from_dict(record["postprocess"], name="default")
+                                 if record.get("postprocess") else PostProcess(name="none"))
+        except PostProcessError as exc:
+            raise PostProcessError(f"{model_record_path(self.model_path)}: {exc}") from None
+        #: What happens to the net's map on its way to the image.
+        self.post = self.resolve_postprocess(postprocess)
         self.engine = "pytorch" if engine == "auto" else engine
         if self.engine == "caffe":
             from .caffe_engine import CaffeNet
@@ -187,6 +223,11 @@ class Salicon:
             raise SaliconError(f"{self.prototxt_path}: cannot tell the saliency output among {net.outputs}; "
                                f"name it '{OUTPUT_BLOB}'")
 
+    def resolve_postprocess(self, spec: str | PostProcess) -> PostProcess:
+        """A post-processing specification read against this model's record
+        (``"default"`` and ``prior=learned`` refer to it)."""
+        return parse_postprocess(spec, self.center_prior, self.default_post)
+
     # ------------------------------------------------------------ stages
     def preprocess(self, image: ImageLike) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """Load ``image`` and make one 3xHxW tensor per net input; also return its (H, W)."""
@@ -208,9 +249,10 @@ class Salicon:
                 out = self.net(**inputs)[self.output_blob]
         return out.float().reshape(out.shape[0], *out.shape[-2:])
 
-    def postprocess(self, raw: torch.Tensor, size: Sequence[int]) -> np.ndarray:
-        """The net's map min-max normalised and resized to ``size``, in [0, 1]."""
-        return saliency_to_image_size(raw, size, self.resize)
+    def postprocess(self, raw: torch.Tensor, size: Sequence[int], post: PostProcess | None = None) -> np.ndarray:
+        """The net's map made into the image's saliency map by ``post`` (default:
+        this model's; the published output is min-max normalised and resized)."""
+        return (post or self.post).apply(raw, size, self.resize)
 
     # ------------------------------------------------------------ public
     def compute_saliency(self, image: ImageLike) -> np.ndarray:
