@@ -1,23 +1,26 @@
 #!/usr/bin/env python
-"""CPU benchmark of the full-size SALICON net (1200x1600 + 600x800), on the
-PyTorch engine and, with --caffe, on real Caffe in the same run.
+"""CPU benchmark of the SALICON net on the PyTorch engine and, with --caffe,
+on real Caffe in the same run: every measurement reports the first call and
+the steady state (the median of --repeat calls after that first one).
 
 Measures, each in a fresh process so peak memory is the process's own:
   forward     the net's forward pass alone (preprocessing excluded), fp32:
-              PyTorch with NCHW and channels_last layouts, and Caffe;
-              median of --repeat runs after one warm-up (Caffe: --caffe-repeat);
+              PyTorch with NCHW and channels_last layouts, the fast variant
+              (prototxt/salicon_fast.prototxt, half the input sizes), and Caffe;
   compute_saliency
               end to end on an 800x600 JPEG (decode, preprocessing, forward,
-              resize back): Salicon on PyTorch with its defaults, and (--caffe)
-              the published OpenSALICON pipeline on Caffe: scipy.ndimage.zoom
-              resizes (resize="scipy") and pycaffe; first call, median of the
-              next ones, and the peak resident set size.
+              resize back): Salicon on PyTorch with its defaults, with the fast
+              variant, and (--caffe) the published OpenSALICON pipeline on
+              Caffe: scipy.ndimage.zoom resizes and pycaffe;
+  throughput  (--throughput N) `salicon predict` over a folder of N generated
+              800x600 JPEGs, full size and fast: images per hour after the first.
 
-Weights: both streams from the real VGG-16 conv layers when
-../shared/weights/vgg16_conv.caffemodel exists (else random), so activations
-have realistic magnitudes. Prints a table and, with --json, writes the results.
+Weights: the shipped trained model (exported to a float32 .caffemodel for
+Caffe). Caffe allocates its buffers (about 18 GB) on its first call, which is
+why its first call is much slower than its later ones; ratios use the
+steady state. Prints a table and, with --json, writes the results.
 
-    python benchmarks/bench_cpu.py --caffe --json benchmarks/results/cpu_2core.json
+    python benchmarks/bench_cpu.py --caffe --throughput 20 --json benchmarks/results/cpu_2core.json
 """
 from __future__ import annotations
 
@@ -33,7 +36,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VGG16 = ROOT.parent / "shared" / "weights" / "vgg16_conv.caffemodel"
 
 
 def peak_rss_mb() -> float:
@@ -41,29 +43,20 @@ def peak_rss_mb() -> float:
 
 
 def make_inputs(workdir: Path) -> tuple[Path, Path, str]:
-    """An 800x600 JPEG and a model file for the shipped test prototxt."""
-    import numpy as np
+    """An 800x600 JPEG and the shipped model as a float32 .caffemodel."""
     from PIL import Image
     from skimage import data
 
+    from salicon.export import export_caffemodel
+
     image = workdir / "photo.jpg"
     Image.fromarray(data.chelsea()).resize((800, 600), Image.BICUBIC).save(image, quality=95)
-    model = workdir / "model.caffemodel"
-    if VGG16.exists():
-        from salicon.weights import init_from_vgg16
-        net, _ = init_from_vgg16(VGG16, seed=0)
-        source = "VGG-16 conv weights (both streams), saliency_map seeded"
-    else:
-        import torch
-        from salicon.engine import Net
-        from salicon.model import prototxt_path
-        net = Net(prototxt_path("finetune_salicon.prototxt"), phase="train", seed=0)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.copy_(torch.randn(p.shape) * np.sqrt(2.0 / max(1, p[0].numel())))
-        source = "random weights (../shared absent)"
-    net.save(model)
-    return image, model, source
+    model = export_caffemodel(workdir, name="model")["caffemodel"]
+    return image, model, "the shipped model (salicon_osie), float32"
+
+
+def prototxt_for(variant: str) -> Path:
+    return ROOT / "prototxt" / ("salicon_fast.prototxt" if variant == "fast" else "salicon.prototxt")
 
 
 def child_forward(model: str, layout: str, repeat: int) -> dict:
@@ -72,8 +65,9 @@ def child_forward(model: str, layout: str, repeat: int) -> dict:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    fine = rng.uniform(-0.5, 0.5, (1, 3, 1200, 1600)).astype(np.float32)
-    coarse = rng.uniform(-0.5, 0.5, (1, 3, 600, 800)).astype(np.float32)
+    fast = layout == "fast"
+    fine = rng.uniform(-0.5, 0.5, (1, 3) + ((600, 800) if fast else (1200, 1600))).astype(np.float32)
+    coarse = rng.uniform(-0.5, 0.5, (1, 3) + ((300, 400) if fast else (600, 800))).astype(np.float32)
     if layout == "caffe":
         os.environ.setdefault("GLOG_minloglevel", "2")
         sys.path.insert(0, str(ROOT / "layers"))
@@ -89,10 +83,13 @@ def child_forward(model: str, layout: str, repeat: int) -> dict:
     else:
         import torch
         from salicon.engine import Net
-        from salicon.model import prototxt_path
         context = torch.inference_mode()
-        net = Net(prototxt_path(), weights=model).eval().requires_grad_(False)
-        if layout == "channels_last":
+        if layout == "bf16":  # bfloat16 autocast, as precision="bf16" runs it
+            context = contextlib.ExitStack()
+            context.enter_context(torch.inference_mode())
+            context.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        net = Net(prototxt_for("fast" if fast else "full"), weights=model).eval().requires_grad_(False)
+        if layout in ("channels_last", "fast", "bf16"):
             net.to(memory_format=torch.channels_last)
             net.memory_format = torch.channels_last
         fine, coarse = torch.from_numpy(fine), torch.from_numpy(coarse)
@@ -103,7 +100,8 @@ def child_forward(model: str, layout: str, repeat: int) -> dict:
             t = time.perf_counter()
             run()
             times.append(time.perf_counter() - t)
-    return {"warmup_s": times[0], "median_s": float(np.median(times[1:])), "peak_rss_mb": peak_rss_mb()}
+    return {"first_s": times[0], "median_s": float(np.median(times[1:])), "runs_s": times[1:],
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def published_pipeline(caffe_net, image_path: str):
@@ -141,7 +139,9 @@ def child_saliency(model: str, image: str, engine: str, repeat: int) -> dict:
         compute = lambda: published_pipeline(net, image)  # noqa: E731
     else:
         from salicon import Salicon
-        compute = Salicon(model, device="cpu").compute_saliency
+        variant = "fast" if engine == "fast" else "full"
+        compute = Salicon(model, prototxt_for(variant), device="cpu",
+                          precision="bf16" if engine == "bf16" else "fp32").compute_saliency
     load_s = time.perf_counter() - t
     times = []
     for _ in range(repeat + 1):
@@ -149,8 +149,47 @@ def child_saliency(model: str, image: str, engine: str, repeat: int) -> dict:
         out = compute(image) if engine != "caffe" else compute()
         times.append(time.perf_counter() - t)
     assert out.shape == (600, 800)
-    return {"load_s": load_s, "first_s": times[0], "median_s": float(np.median(times[1:])),
+    return {"load_s": load_s, "first_s": times[0], "median_s": float(np.median(times[1:])), "runs_s": times[1:],
             "peak_rss_mb": peak_rss_mb()}
+
+
+def child_throughput(model: str, folder: str, variant: str) -> dict:
+    """`salicon predict` over a folder: seconds for the first image and per image after it."""
+    from salicon.cli import main as salicon_main
+    out = Path(folder).parent / f"maps_{variant}"
+    stamps = []
+
+    import tqdm
+    original = tqdm.tqdm.update
+
+    def update(self, n=1):
+        stamps.append(time.perf_counter())
+        return original(self, n)
+    tqdm.tqdm.update = update
+    start = time.perf_counter()
+    args = ["predict", folder, "-o", str(out), "--model", model, "--device", "cpu", "-q"]
+    if variant == "fast":
+        args.append("--fast")
+    code = salicon_main(args)
+    total = time.perf_counter() - start
+    steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    return {"exit_status": code, "images": len(stamps), "total_s": total, "first_image_s": stamps[0] - start,
+            "steady_s_per_image": steady, "images_per_hour": 3600.0 / steady, "peak_rss_mb": peak_rss_mb()}
+
+
+def make_folder(workdir: Path, n: int) -> Path:
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+    folder = workdir / "photos"
+    folder.mkdir()
+    base = [data.chelsea(), data.coffee(), data.astronaut()]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = Image.fromarray(base[i % 3]).resize((800, 600), Image.BICUBIC)
+        arr = np.clip(np.asarray(img, np.int16) + rng.integers(-8, 9, (600, 800, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i:04d}.jpg", quality=90)
+    return folder
 
 
 def run_child(*args: str) -> dict:
@@ -164,15 +203,12 @@ def run_child(*args: str) -> dict:
 
 def machine() -> dict:
     import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+
+    from salicon.model import cpu_features
+    features = cpu_features()
+    return {"cpu": features["model"], "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "flags": features["flags"], "native_bf16": features["native_bf16"],
+            "torch_cpu_capability": features["torch_capability"],
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
 
@@ -180,7 +216,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="timed PyTorch runs after the warm-up")
     parser.add_argument("--caffe", action="store_true", help="also measure real Caffe (pycaffe)")
-    parser.add_argument("--caffe-repeat", type=int, default=1, help="timed Caffe runs after the warm-up")
+    parser.add_argument("--caffe-repeat", type=int, default=3, help="timed Caffe runs after the first call")
+    parser.add_argument("--throughput", type=int, default=0, metavar="N",
+                        help="also time `salicon predict` over N generated photos (full size and --fast)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,6 +229,8 @@ def main() -> int:
             result = {"image": str(image), "model": str(model), "source": source}
         elif kind == "forward":
             result = child_forward(rest[0], rest[1], args.repeat)
+        elif kind == "throughput":
+            result = child_throughput(rest[0], rest[1], rest[2])
         else:
             result = child_saliency(rest[0], rest[1], rest[2], args.repeat)
         print(json.dumps(result))
@@ -202,10 +242,20 @@ def main() -> int:
         made = run_child("prepare", tmp)
         image, model, source = made["image"], made["model"], made["source"]
         results = {"machine": machine(), "weights": source, "repeat": args.repeat}
-        for layout in ("nchw", "channels_last"):
+        for layout in ("nchw", "channels_last", "fast"):
             results[f"forward_{layout}"] = run_child("forward", str(model), layout, "--repeat", str(args.repeat))
         results["compute_saliency"] = run_child("saliency", str(model), str(image), "pytorch",
                                                 "--repeat", str(args.repeat))
+        results["compute_saliency_fast"] = run_child("saliency", str(model), str(image), "fast",
+                                                     "--repeat", str(args.repeat))
+        if results["machine"]["native_bf16"]:  # bf16 only pays where the CPU computes it natively
+            results["forward_bf16"] = run_child("forward", str(model), "bf16", "--repeat", str(args.repeat))
+            results["compute_saliency_bf16"] = run_child("saliency", str(model), str(image), "bf16",
+                                                         "--repeat", str(args.repeat))
+        if args.throughput:
+            folder = make_folder(Path(tmp), args.throughput)
+            for variant in ("full", "fast"):
+                results[f"throughput_{variant}"] = run_child("throughput", str(model), str(folder), variant)
         if args.caffe:
             results["caffe_repeat"] = args.caffe_repeat
             results["forward_caffe"] = run_child("forward", str(model), "caffe", "--repeat", str(args.caffe_repeat))
@@ -213,24 +263,40 @@ def main() -> int:
                 "saliency", str(model), str(image), "caffe", "--repeat", str(args.caffe_repeat))
 
     m = results["machine"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)")
+    print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+          f"CPU capability {m['torch_cpu_capability']}, native bf16: {m['native_bf16']}")
     print(f"weights: {source}")
-    print(f"{'measurement':52s} {'time (s)':>9s} {'peak RSS (GB)':>14s}")
+    print(f"{'measurement':52s} {'first (s)':>10s} {'steady (s)':>11s} {'peak RSS (GB)':>14s}")
     rows = [("forward, PyTorch fp32 NCHW", "forward_nchw"),
             ("forward, PyTorch fp32 channels_last", "forward_channels_last"),
+            ("forward, PyTorch fast (600x800 / 300x400)", "forward_fast"),
+            ("forward, PyTorch bf16 autocast (native bf16 CPUs)", "forward_bf16"),
             ("forward, Caffe", "forward_caffe"),
             ("compute_saliency, PyTorch engine (defaults)", "compute_saliency"),
+            ("compute_saliency, PyTorch engine, fast", "compute_saliency_fast"),
+            ("compute_saliency, PyTorch engine, bf16", "compute_saliency_bf16"),
             ("compute_saliency, published pipeline on Caffe", "compute_saliency_caffe_published")]
     for label, key in rows:
         if key in results:
             r = results[key]
-            print(f"{label:52s} {r['median_s']:9.2f} {r['peak_rss_mb'] / 1024:14.2f}")
+            print(f"{label:52s} {r['first_s']:10.2f} {r['median_s']:11.2f} {r['peak_rss_mb'] / 1024:14.2f}")
+    for variant in ("full", "fast"):
+        r = results.get(f"throughput_{variant}")
+        if r:
+            print(f"salicon predict, {variant}: {r['images']} images, first {r['first_image_s']:.1f} s, then "
+                  f"{r['steady_s_per_image']:.2f} s/image = {r['images_per_hour']:.0f} images/hour")
+    s, f = results["compute_saliency"], results["compute_saliency_fast"]
+    ratios = {"fast_vs_full_end_to_end": f["median_s"] / s["median_s"],
+              "fast_vs_full_forward": results["forward_fast"]["median_s"] / results["forward_channels_last"]["median_s"]}
+    if "compute_saliency_bf16" in results:
+        ratios["bf16_vs_fp32_end_to_end"] = results["compute_saliency_bf16"]["median_s"] / s["median_s"]
     if args.caffe:
-        f, c = results["forward_channels_last"], results["forward_caffe"]
-        s, p = results["compute_saliency"], results["compute_saliency_caffe_published"]
-        print(f"forward: PyTorch takes {f['median_s'] / c['median_s']:.3f} of Caffe's time; "
-              f"compute_saliency: {s['median_s'] / p['median_s']:.3f} of the time and "
-              f"{s['peak_rss_mb'] / p['peak_rss_mb']:.3f} of the peak memory")
+        c, p = results["forward_caffe"], results["compute_saliency_caffe_published"]
+        ratios.update({"forward_vs_caffe": results["forward_channels_last"]["median_s"] / c["median_s"],
+                       "end_to_end_vs_published": s["median_s"] / p["median_s"],
+                       "memory_vs_published": s["peak_rss_mb"] / p["peak_rss_mb"]})
+    results["steady_state_ratios"] = ratios
+    print("steady-state ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -21,6 +21,8 @@ from .formats import atomic_write
 from .image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
 
 INPUT_SCALES = {"published": 1.0 / 255.0, "vgg": 1.0}
+#: Marker for --fast, turned into the shipped salicon_fast.prototxt's path when used.
+FAST_PROTOTXT = "salicon_fast.prototxt"
 DEFAULT_METRIC_NAMES = ("AUC_Judd", "AUC_Borji", "sAUC", "NSS", "CC", "SIM", "KLDiv", "IG", "EMD")
 
 
@@ -114,7 +116,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 1
     inputs_resolved = {src.resolve() for src, _ in items}
     try:
-        model = Salicon(args.model, args.prototxt, device=args.device, precision=args.precision, engine=args.engine,
+        model = Salicon(args.model, _prototxt(args), device=args.device, precision=args.precision, engine=args.engine,
                         input_scale=args.input_scale, resize=args.resize, max_pixels=args.max_pixels,
                         postprocess=args.postprocess)
     except (SaliconError, ValueError) as exc:
@@ -315,7 +317,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         elif args.model or not args.baselines_only:
             from .model import Salicon
             specs = args.postprocess or ["default"]
-            model = Salicon(args.model, args.prototxt, device=args.device, engine=args.engine,
+            model = Salicon(args.model, _prototxt(args), device=args.device, engine=args.engine,
                             precision=args.precision, input_scale=args.input_scale, postprocess=specs[0])
             posts = [model.resolve_postprocess(spec) for spec in specs]
             labels = ["salicon"] if len(posts) == 1 else [f"salicon[{spec}]" for spec in specs]
@@ -363,6 +365,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return status
 
 
+def _prototxt(args: argparse.Namespace) -> str | None:
+    if args.prototxt == FAST_PROTOTXT:
+        from .model import prototxt_path
+        return str(prototxt_path(FAST_PROTOTXT))
+    return args.prototxt
+
+
 def _first_map(prediction):
     return next(iter(prediction.values())) if isinstance(prediction, dict) else prediction
 
@@ -382,24 +391,21 @@ def _input_scale(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole_number(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+_positive_int = _whole_number(1)
+_non_negative_int = _whole_number(0)
 
 
 def _positive_float(text: str) -> float:
@@ -425,6 +431,15 @@ def _max_pixels(text: str) -> int | None:
     if not value >= 1:
         raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text}")
     return int(value)
+
+
+def _add_net_options(p: argparse.ArgumentParser) -> None:
+    """--prototxt and its shorthand --fast, shared by predict and evaluate."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+    group.add_argument("--fast", dest="prototxt", action="store_const", const=FAST_PROTOTXT,
+                       help="half the input sizes (600x800 / 300x400, prototxt/salicon_fast.prototxt): "
+                            "about 4x less arithmetic, slightly different maps (see the README)")
 
 
 def _add_engine_options(p: argparse.ArgumentParser, engine_help: str) -> None:
@@ -466,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the maps")
     p.add_argument("--model", help="trained weights, .caffemodel or .safetensors "
                                    "(default: the shipped pretrained model, SALICON trained on OSIE)")
-    p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+    _add_net_options(p)
     _add_engine_options(p, "pytorch (auto) or real Caffe through pycaffe (CPU; scripts/install_caffe.sh)")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="images per forward pass")
     p.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS,
@@ -530,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KIND:PATH with KIND osie, folder, mit1003, cat2000 or salicon (or a bare path)")
     p.add_argument("--model", help="trained weights, .caffemodel or .safetensors "
                                    "(default: the shipped pretrained model, SALICON trained on OSIE)")
-    p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+    _add_net_options(p)
     p.add_argument("--saliency-maps", metavar="DIR", help="score precomputed maps (<name>.npy or images) instead")
     p.add_argument("--postprocess", action="append", metavar="SPEC",
                    help="post-processing of the model's maps (as in predict; default: 'default'); repeat it to "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -104,6 +105,31 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise EngineError(f"device {device!r} requested but CUDA is not available to PyTorch "
                           f"{torch.__version__}; choose device 'cpu' or 'auto'")
     return dev
+
+
+def cpu_features() -> dict:
+    """The CPU's model name, its SIMD flags that matter for convolutions, whether
+    it computes bfloat16 natively (AVX512-BF16 or AMX) and PyTorch's view of it."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                if flags and model:
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_tile",
+              "amx_int8")
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # older PyTorch
+        capability = "unknown"
+    return {"model": model, "flags": [f for f in wanted if f in flags],
+            "native_bf16": bool({"avx512_bf16", "amx_bf16"} & flags), "torch_capability": capability}
 
 
 @contextlib.contextmanager

@@ -236,3 +236,25 @@ def test_shipped_model_reproduces_the_trained_models_raw_maps():
             reference = z[name].astype(np.float32)
             assert np.abs(raw - reference).max() <= 2e-3  # float16 storage of the reference
             assert np.corrcoef(raw.ravel(), reference.ravel())[0, 1] >= 0.9999
+
+
+@pytest.mark.slow
+def test_fast_prototxt_runs_the_shipped_weights_at_half_size():
+    from salicon.model import prototxt_path
+    fast = Salicon(prototxtpath=prototxt_path("salicon_fast.prototxt"), device="cpu", postprocess="none")
+    assert fast.net.input_shapes == {"fine_scale": (1, 3, 600, 800), "coarse_scale": (1, 3, 300, 400)}
+    image = str(PROTOTXT.parent / "examples" / "astronaut.jpg")
+    inputs, size = fast.preprocess(image)
+    assert tuple(fast.forward({k: v[None] for k, v in inputs.items()}).shape) == (1, 19, 25)
+    full = Salicon(device="cpu", postprocess="none").compute_saliency(image)
+    quick = fast.compute_saliency(image)
+    assert quick.shape == full.shape == (512, 512)
+    assert np.corrcoef(quick.ravel(), full.ravel())[0, 1] > 0.6  # the same model seeing a smaller image
+
+
+def test_cpu_features_are_reported():
+    from salicon.model import cpu_features
+    features = cpu_features()
+    assert set(features) == {"model", "flags", "native_bf16", "torch_capability"}
+    assert isinstance(features["native_bf16"], bool)
+    assert features["native_bf16"] == bool({"avx512_bf16", "amx_bf16"} & set(features["flags"]))
