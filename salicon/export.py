@@ -24,7 +24,7 @@ from . import formats
 from .engine import Net
 from .engine.net import PROJECT_LAYERS_DIR
 from .errors import SaliconError
-from .model import OUTPUT_BLOB, default_model_path, model_metadata, prototxt_path
+from .model import OUTPUT_BLOB, default_model_path, model_metadata, model_record_path, prototxt_path
 from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE
 
 PathLike = Union[str, os.PathLike]
@@ -50,7 +50,8 @@ def _input_convention(model: PathLike | None) -> dict[str, str]:
 def export_caffemodel(out_dir: PathLike, model: PathLike | None = None, prototxt: PathLike | None = None,
                       name: str | None = None) -> dict[str, Path]:
     """Write ``OUT_DIR/<name>.caffemodel`` (float32, current Caffe layout), the
-    test prototxt beside it and the Python layer modules it names, so that
+    test prototxt beside it, the Python layer modules it names and the
+    model's record (``<name>.json``, its default post-processing), so that
     ``caffe.Net(prototxt, caffe.TEST, weights=caffemodel)`` runs from OUT_DIR
     (with OUT_DIR on ``PYTHONPATH``). Returns the written paths by kind."""
     source = Path(model) if model is not None else default_model_path()
@@ -65,6 +66,11 @@ def export_caffemodel(out_dir: PathLike, model: PathLike | None = None, prototxt
     net.save(paths["caffemodel"])
     if paths["prototxt"].resolve() != prototxt.resolve():
         formats.atomic_write(paths["prototxt"], lambda tmp: shutil.copyfile(prototxt, tmp))
+    record = model_record_path(source)
+    if record.is_file():  # the model's record (its default post-processing) travels with it
+        paths["record"] = out_dir / f"{name}.json"
+        if paths["record"].resolve() != record.resolve():
+            formats.atomic_write(paths["record"], lambda tmp: shutil.copyfile(record, tmp))
     for module in LAYER_MODULES:
         src = PROJECT_LAYERS_DIR / module
         if src.exists() and (out_dir / module).resolve() != src.resolve():

@@ -41,6 +41,7 @@ def test_exported_caffemodel_holds_the_shipped_weights_in_float32(tmp_path, smal
     assert paths["prototxt"].read_text() == small_prototxt.read_text()
     assert (tmp_path / "export" / "CustomData.py").exists()
     assert (tmp_path / "export" / "custom_interpolation_layer.py").exists()
+    assert paths["record"].name == "salicon_osie.json"  # the default post-processing travels along
     shipped, exported = Net(small_prototxt), Net(paths["prototxt"])
     shipped.copy_from(default_model_path(), strict=True)
     exported.copy_from(paths["caffemodel"], strict=True)
