@@ -433,6 +433,12 @@ def _max_pixels(text: str) -> int | None:
     return int(value)
 
 
+def _add_export_source(p: argparse.ArgumentParser) -> None:
+    """--model and --prototxt of the export subcommands."""
+    p.add_argument("--model", help="weights, .caffemodel or .safetensors (default: the shipped pretrained model)")
+    p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+
+
 def _add_net_options(p: argparse.ArgumentParser) -> None:
     """--prototxt and its shorthand --fast, shared by predict and evaluate."""
     group = p.add_mutually_exclusive_group()
@@ -571,8 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model with the same maps as this package.",
                        formatter_class=_HelpFormatter)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder to write")
-    p.add_argument("--model", help="weights, .caffemodel or .safetensors (default: the shipped pretrained model)")
-    p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+    _add_export_source(p)
     p.add_argument("--name", help="file name stem of the .caffemodel (default: the model's)")
     p.set_defaults(func=cmd_export_caffemodel)
 
@@ -583,8 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "BGR, mean-subtracted, times the input scale (stored in the file's metadata).",
                        formatter_class=_HelpFormatter)
     p.add_argument("-o", "--output", required=True, metavar="MODEL.onnx", help="file to write")
-    p.add_argument("--model", help="weights, .caffemodel or .safetensors (default: the shipped pretrained model)")
-    p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+    _add_export_source(p)
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version (17 or newer)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis to 1")
     p.add_argument("--force", action="store_true", help="overwrite OUT even if it is not an .onnx file")
