@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from salicon import Salicon, formats  # noqa: E402
 from salicon.export import export_caffemodel  # noqa: E402
-from salicon.model import default_model_path  # noqa: E402
+from salicon.model import cpu_features, default_model_path  # noqa: E402
 
 
 def timed(fn, repeat: int) -> dict:
@@ -41,16 +41,6 @@ def timed(fn, repeat: int) -> dict:
         times.append(time.perf_counter() - start)
     return {"first_s": round(first, 3), "median_s": round(statistics.median(times), 3),
             "runs_s": [round(t, 3) for t in times]}
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> int:
@@ -70,7 +60,7 @@ def main() -> int:
             }
             print(label, json.dumps(results[label]))
     record = {"command": "python benchmarks/bench_load.py", "machine": {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
+        "cpu": cpu_features()["model"], "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
         "results": results}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,15 @@ def caffe_available() -> bool:
     return True
 
 
+def set_params(caffe_net, params) -> None:
+    """Copy arrays (layer name -> blobs) into a pycaffe net's parameters, for
+    weights Caffe cannot read itself (safetensors); layers it lacks are skipped."""
+    for name, arrays in params.items():
+        if name in caffe_net.params:
+            for blob, array in zip(caffe_net.params[name], arrays):
+                blob.data[...] = array.reshape(blob.data.shape)
+
+
 class CaffeNet:
     """A pycaffe ``caffe.Net`` behind the surface Salicon uses.
 
@@ -74,9 +83,7 @@ class CaffeNet:
         else:
             self.net = caffe.Net(str(prototxt), mode)
             if weights is not None:  # Caffe reads only .caffemodels: hand it the checked arrays
-                for name, arrays in check.state_arrays().items():
-                    for blob, array in zip(self.net.params[name], arrays):
-                        blob.data[...] = array
+                set_params(self.net, check.state_arrays())
         del check
 
     def set_inputs(self, **inputs: np.ndarray) -> None:

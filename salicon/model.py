@@ -24,8 +24,7 @@ import torch
 
 from .engine import Net
 from .errors import EngineError, SaliconError
-from .image import ImageLike, load_image
-from .image import DEFAULT_MAX_PIXELS
+from .image import DEFAULT_MAX_PIXELS, ImageLike, load_image
 from .postprocess import CenterPrior, PostProcess, PostProcessError, parse_postprocess
 from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS, image_to_inputs
 
@@ -37,18 +36,24 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 ENGINES = ("auto", "pytorch", "caffe")
 
 
+def _shipped_file(folder: str, name: str) -> tuple[Path, Path]:
+    """(source-tree path, installed package-data path) of a file shipped in ``folder``
+    (prototxt/ as package data salicon.prototxt, models/ as salicon.models)."""
+    local = PROJECT_ROOT / folder / name
+    if local.exists():
+        return local, local
+    try:
+        return local, Path(str(resources.files(f"salicon.{folder}") / name))
+    except ModuleNotFoundError:
+        return local, local
+
+
 def prototxt_path(name: str = "salicon.prototxt") -> Path:
     """Path of a prototxt shipped with the project (source tree or installed)."""
-    local = PROJECT_ROOT / "prototxt" / name
-    if local.exists():
-        return local
-    try:
-        packaged = Path(str(resources.files("salicon.prototxt") / name))
-    except ModuleNotFoundError:
-        packaged = local
-    if not packaged.exists():
-        raise SaliconError(f"shipped prototxt '{name}' not found (looked in {local} and {packaged})")
-    return packaged
+    local, found = _shipped_file("prototxt", name)
+    if not found.exists():
+        raise SaliconError(f"shipped prototxt '{name}' not found (looked in {local} and {found})")
+    return found
 
 
 #: File name of the shipped pretrained model (SALICON trained on OSIE; see models/salicon_osie.json).
@@ -57,13 +62,7 @@ DEFAULT_MODEL = "salicon_osie.safetensors"
 
 def default_model_path() -> Path:
     """The shipped pretrained model (source tree or installed package)."""
-    local = PROJECT_ROOT / "models" / DEFAULT_MODEL
-    if local.exists():
-        return local
-    try:
-        return Path(str(resources.files("salicon.models") / DEFAULT_MODEL))
-    except ModuleNotFoundError:
-        return local
+    return _shipped_file("models", DEFAULT_MODEL)[1]
 
 
 def model_record_path(path: PathLike) -> Path:

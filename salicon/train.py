@@ -393,11 +393,8 @@ class _CaffeBackend:
         if trainer.config.weights and not trainer.config.resume:
             weights = trainer.config.weights
             if formats.is_safetensors(weights):  # pycaffe reads only .caffemodels
-                params, _ = formats.read_weights(weights)
-                for name, arrays in params.items():
-                    if name in self.solver.net.params:
-                        for blob, array in zip(self.solver.net.params[name], arrays):
-                            blob.data[...] = array.reshape(blob.data.shape)
+                from .caffe_engine import set_params
+                set_params(self.solver.net, formats.read_weights(weights)[0])
             else:
                 self.solver.net.copy_from(str(weights))
 

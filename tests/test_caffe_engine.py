@@ -274,3 +274,12 @@ def test_cli_predict_with_caffe_engine(small_model, small_prototxt, tmp_path):
     code = main(["predict", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--engine", "caffe",
                  "--model", str(small_model), "--prototxt", str(small_prototxt), "-q"])
     assert code == 0 and (tmp_path / "out" / "a.png").exists()
+
+
+@needs_caffe
+def test_caffe_engine_runs_the_shipped_safetensors_model(small_prototxt):
+    """Caffe cannot read safetensors: the checked arrays are handed to it."""
+    image = str(PROTOTXT.parent / "examples" / "coffee.jpg")
+    theirs = Salicon(prototxtpath=small_prototxt, engine="caffe", postprocess="none").compute_saliency(image)
+    ours = Salicon(prototxtpath=small_prototxt, device="cpu", postprocess="none").compute_saliency(image)
+    assert np.abs(ours - theirs).max() <= 1e-4 and theirs.max() == 1
