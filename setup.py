@@ -1,13 +1,17 @@
 """Installs the ``salicon`` package, the ``salicon`` command, the Caffe Python
 layer modules of layers/ (as top-level modules, so Caffe finds them), the
 prototxt files of prototxt/ (as package data ``salicon.prototxt``) and the
-pretrained model of models/ (as package data ``salicon.models``)."""
+pretrained model of models/ (as package data ``salicon.models``), the example
+images of examples/ (``salicon.examples``) and the web page of ``salicon serve``."""
 from setuptools import setup
 
 setup(
-    packages=["salicon", "salicon.engine", "salicon.proto", "salicon.prototxt", "salicon.models"],
-    package_dir={"salicon": "salicon", "salicon.prototxt": "prototxt", "salicon.models": "models", "": "layers"},
+    packages=["salicon", "salicon.engine", "salicon.proto", "salicon.prototxt", "salicon.models",
+              "salicon.examples"],
+    package_dir={"salicon": "salicon", "salicon.prototxt": "prototxt", "salicon.models": "models",
+                 "salicon.examples": "examples", "": "layers"},
     package_data={"salicon.prototxt": ["*.prototxt"], "salicon.proto": ["caffe.proto"],
-                  "salicon.models": ["*.safetensors", "*.json"]},
+                  "salicon.models": ["*.safetensors", "*.json"],
+                  "salicon.examples": ["*.jpg", "*.md"], "salicon": ["web/*"]},
     py_modules=["CustomData", "custom_interpolation_layer"],
 )

@@ -185,6 +185,59 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ----------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import SaliencyService, run_server, web_dependencies_missing
+
+    missing = web_dependencies_missing()
+    if missing:
+        _error(missing)
+        return 1
+    if args.port > 65535:
+        _error(f"--port must be at most 65535, got {args.port}")
+        return 2
+    problem = _listen_problem(args.host, args.port)
+    if problem:  # before the model loads
+        _error(f"cannot serve on {args.host}:{args.port}: {problem}")
+        return 1
+    from .model import Salicon
+
+    try:
+        model = Salicon(args.model, _prototxt(args), device=args.device, precision=args.precision,
+                        engine=args.engine, input_scale=args.input_scale, max_pixels=args.max_pixels,
+                        postprocess=args.postprocess)
+    except (SaliconError, ValueError) as exc:
+        _error(str(exc))
+        return 1
+    service = SaliencyService(model, max_pixels=args.max_pixels, max_upload_bytes=int(args.max_upload_mb * 1e6),
+                              batch_size=args.batch_size, max_queue=args.queue)
+    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
+    print(f"salicon serve: {model.model_path.name} on {model.device}; open {url} (API: {url}/docs); "
+          f"Ctrl-C stops", file=sys.stderr)
+    run_server(service, args.host, args.port, log_level="info" if args.verbose else "warning")
+    return 0
+
+
+def _listen_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (taken, not this machine's address), or None."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"unknown host ({exc.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 # ----------------------------------------------------------- init-weights
 
 
@@ -570,6 +623,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of AUC jitter and negative sampling")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="web page and HTTP API for saliency maps (pip install -e \".[web]\")",
+                       description="Serve a page (drop images, see the map and the heatmap, download them) and "
+                                   "an HTTP API (POST /api/saliency, GET /api/health; docs at /docs) on one "
+                                   "model instance. Requests queue for the net: one forward pass at a time, "
+                                   "batched on a GPU.",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_whole_number(1), default=7860, help="TCP port")
+    p.add_argument("--model", help="trained weights, .caffemodel or .safetensors "
+                                   "(default: the shipped pretrained model, SALICON trained on OSIE)")
+    _add_net_options(p)
+    _add_engine_options(p, "pytorch (auto) or real Caffe through pycaffe (CPU)")
+    p.add_argument("--postprocess", default="default", metavar="SPEC",
+                   help="post-processing used unless a request names one (as in predict)")
+    p.add_argument("--max-pixels", type=_max_pixels, default=50_000_000,
+                   help="refuse images with more pixels: a count, megapixels like 80M, or 'none'")
+    p.add_argument("--max-upload-mb", type=_positive_float, default=50.0, help="refuse larger uploads (MB)")
+    p.add_argument("--batch-size", type=_positive_int,
+                   help="most images per forward pass (default: 8 on a GPU, 1 on the CPU)")
+    p.add_argument("--queue", type=_positive_int, default=16,
+                   help="most images waiting for the net; beyond it requests get 503 (busy)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export-caffemodel", help="write the model as a float32 .caffemodel for real Caffe",
                        description="Write OUT/<name>.caffemodel (float32, current Caffe layout), the test "

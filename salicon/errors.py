@@ -24,5 +24,9 @@ class ImageError(SaliconError):
     """An image that is missing, unreadable or empty."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image with more pixels than the configured limit (refused before decoding)."""
+
+
 class EngineError(SaliconError):
     """A requested engine or device that is not available."""

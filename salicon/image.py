@@ -16,7 +16,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, ImageTooLargeError
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
 
@@ -55,7 +55,7 @@ def _pil_to_rgb_array(img: Image.Image, name: str, as_float: bool = True) -> np.
     return np.asarray(img, dtype=np.float32) if as_float else np.asarray(img)
 
 
-def _array_to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
+def _array_to_rgb(arr: np.ndarray, name: str, as_float: bool = True) -> np.ndarray:
     if arr.size == 0:
         raise ImageError(f"{name}: the image array is empty (shape {arr.shape})")
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -64,6 +64,8 @@ def _array_to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ImageError(f"{name}: expected an HxW, HxWx3 or HxWx4 array, got shape {arr.shape}")
+    if not as_float and arr.dtype == np.uint8 and arr.shape[2] == 3:
+        return arr  # already what the net's preprocessing reads; no float copy
     if arr.dtype == np.uint16:
         rgb = arr.astype(np.float32) * (255.0 / 65535.0)
     elif arr.dtype == bool:
@@ -87,7 +89,7 @@ def _array_to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
 def check_pixels(width: int, height: int, max_pixels: int | None, name: str) -> None:
     """Refuse an image larger than ``max_pixels`` (None: no limit) before it is decoded."""
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(f"{name}: {width}x{height} pixels ({width * height / 1e6:.1f} megapixels) exceeds "
+        raise ImageTooLargeError(f"{name}: {width}x{height} pixels ({width * height / 1e6:.1f} megapixels) exceeds "
                          f"the limit of {max_pixels / 1e6:.1f} megapixels; raise it with --max-pixels "
                          f"(max_pixels=) if you trust the file")
 
@@ -105,7 +107,7 @@ def _open_checked(source, name: str, max_pixels: int | None) -> Image.Image:
 
 
 def load_image(source: ImageLike, *, as_float: bool = True,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
     """An image as an HxWx3 RGB array with values on the 0..255 scale.
 
     ``source`` is a path, a PIL image, a numpy array or the bytes of an
@@ -118,13 +120,15 @@ def load_image(source: ImageLike, *, as_float: bool = True,
     The result is float32; with ``as_float=False`` an 8-bit image stays uint8
     (a quarter of the memory, for huge images). Files larger than
     ``max_pixels`` (None: no limit) are refused before they are decoded.
+    ``name`` is how error messages call a source that is not a path (an
+    upload's file name, say).
     """
     if isinstance(source, np.ndarray):
-        return _array_to_rgb(source, "array")
+        return _array_to_rgb(source, name or "array", as_float)
     if isinstance(source, Image.Image):
-        return _pil_to_rgb_array(source, "PIL image", as_float)
+        return _pil_to_rgb_array(source, name or "PIL image", as_float)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        name = f"<{len(source)} bytes>"
+        name = name or f"<{len(source)} bytes>"
         if not len(source):
             raise ImageError(f"{name}: empty data, not an image")
         return _decode(io.BytesIO(bytes(source)), name, as_float, max_pixels)
@@ -150,7 +154,7 @@ def _decode(source, name: str, as_float: bool, max_pixels: int | None) -> np.nda
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "its size"
         limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageError(f"{name}: {size} exceeds the limit of {limit / 1e6:.1f} megapixels; raise it with "
+        raise ImageTooLargeError(f"{name}: {size} exceeds the limit of {limit / 1e6:.1f} megapixels; raise it with "
                          f"--max-pixels (max_pixels=) if you trust the file") from None
     except MemoryError:
         raise ImageError(f"{name}: not enough memory to decode the image") from None

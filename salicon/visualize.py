@@ -65,6 +65,44 @@ def overlay(image_rgb: np.ndarray, saliency_map: np.ndarray, alpha: float = 0.5)
     return out
 
 
+def salient_points(saliency_map: np.ndarray, count: int = 5, min_distance: float = 0.1,
+                   min_value: float = 0.2) -> list[tuple[int, int, float]]:
+    """The ``count`` most salient points of a map as ``(x, y, value)``, highest first.
+
+    Points are local maxima at least ``min_distance`` (a fraction of the
+    longer side) apart and at least ``min_value`` times the map's maximum.
+    They are searched on a copy at most 256 pixels on a side, so huge maps
+    cost little, and reported in the map's own pixel coordinates.
+    """
+    from scipy import ndimage
+
+    height, width = saliency_map.shape
+    step = max(1, int(np.ceil(max(height, width) / 256)))
+    small = np.asarray(saliency_map[::step, ::step], dtype=np.float32)
+    peak = float(small.max(initial=0.0))
+    if not np.isfinite(peak) or peak <= 0.0:
+        return []
+    radius = max(1, int(round(min_distance * max(small.shape))))
+    footprint = np.hypot(*np.ogrid[-radius:radius + 1, -radius:radius + 1]) <= radius
+    maxima = (small == ndimage.maximum_filter(small, footprint=footprint, mode="constant", cval=-1.0))
+    maxima &= small >= min_value * peak
+    ys, xs = np.nonzero(maxima)
+    order = np.argsort(-small[ys, xs], kind="stable")
+    points: list[tuple[int, int, float]] = []
+    for i in order:
+        # Plateaus give several equal maxima side by side: keep the first of them.
+        if all(np.hypot(xs[i] - x / step, ys[i] - y / step) > radius for x, y, _ in points):
+            # Refine on the full map, within one grid step of the coarse maximum.
+            y0, x0 = max(0, (int(ys[i]) - 1) * step), max(0, (int(xs[i]) - 1) * step)
+            window = np.asarray(saliency_map[y0:y0 + 3 * step, x0:x0 + 3 * step], dtype=np.float32)
+            dy, dx = np.unravel_index(int(np.argmax(window)), window.shape)
+            y, x = y0 + int(dy), x0 + int(dx)
+            points.append((x, y, float(saliency_map[y, x])))
+        if len(points) == count:
+            break
+    return points
+
+
 def plot_loss_curve(history: Sequence[dict], path: Union[str, os.PathLike], size=(800, 450)) -> None:
     """Draw training loss (per logged iteration) and validation loss (per
     epoch) against iterations, as a PNG (log-scaled loss axis)."""

@@ -56,3 +56,17 @@ def test_pixel_limit_is_checked_before_decoding_and_can_be_lifted(tmp_path, monk
     # lifted: the limit no longer applies and decoding itself fails (the file has no pixel data)
     with pytest.raises(ImageError, match="cannot decode the image"):
         load_image(path, max_pixels=None)
+
+
+def test_name_and_uint8_passthrough():
+    from salicon.errors import ImageTooLargeError
+
+    with pytest.raises(ImageError, match="upload.jpg: not an image file"):
+        load_image(b"plain text", name="upload.jpg")
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    assert load_image(rgb, as_float=False) is rgb  # no copy for what the net's preprocessing reads
+    assert load_image(rgb).dtype == np.float32
+    buf = io.BytesIO()
+    Image.new("L", (300, 200)).save(buf, format="PNG")
+    with pytest.raises(ImageTooLargeError, match="big.png: 300x200 pixels"):
+        load_image(buf.getvalue(), max_pixels=50_000, name="big.png")
