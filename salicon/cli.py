@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +104,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         _error(f"--threshold must be in [0, 1], got {args.threshold}")
         return 2
+    if args.ray is not None:
+        return _predict_on_ray(args)
+    for name in ("actors", "store", "parquet_map"):
+        if getattr(args, name) != {"actors": None, "store": "png", "parquet_map": "png"}[name]:
+            _error(f"--{name.replace('_', '-')} applies to --ray jobs only")
+            return 2
     items, missing = collect_images(args.inputs, args.recursive)
     for m in missing:
         _error(f"{m}: no such file or folder")
@@ -183,6 +190,52 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             print(f"no saliency maps written: all {failed} input(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _predict_on_ray(args: argparse.Namespace) -> int:
+    from .batch import BatchError, OutputSpec, list_inputs, predict_on_ray, ray_dependencies_missing
+
+    missing_deps = ray_dependencies_missing()
+    if missing_deps:
+        _error(missing_deps)
+        return 1
+    if args.engine == "caffe":
+        _error("--ray runs the PyTorch engine; --engine caffe is for single-process predict")
+        return 2
+    items, problems = list_inputs(args.inputs, args.recursive)
+    for problem in problems:
+        _error(problem)
+    if not items:
+        _error("no images to process")
+        return 1
+    if "://" not in args.output:
+        problem = _output_folder_problem(Path(args.output))
+        if problem:
+            _error(problem)
+            return 1
+    spec = OutputSpec(store=args.store, npy=args.npy, overlay=args.overlay, threshold=args.threshold,
+                      parquet_map=args.parquet_map)
+    address = None if args.ray == "local" else args.ray
+    try:
+        report = predict_on_ray(items, args.output, model_path=args.model, prototxt=_prototxt(args),
+                                address=address, actors=args.actors, batch_size=args.batch_size,
+                                device=args.device, precision=args.precision, input_scale=args.input_scale,
+                                resize=args.resize, postprocess=args.postprocess, max_pixels=args.max_pixels,
+                                spec=spec, progress=not args.quiet)
+    except (SaliconError, ValueError) as exc:
+        _error(str(exc))
+        return 1
+    if not args.quiet:
+        line = (f"{report.written} written, {report.skipped} already done, {len(report.failed)} failed "
+                f"of {report.total} image(s) in {report.seconds:.1f} s")
+        if report.actors:
+            line += f" ({report.actors} {report.device} actor(s))"
+        print(f"{line}; manifest: {args.output.rstrip('/')}/manifest.csv", file=sys.stderr)
+    return 1 if report.failed or problems else 0
+
+
+#: What --ray accepts as a cluster address (anything else after --ray is an input).
+_RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+)$")
 
 
 # ----------------------------------------------------------------- serve
@@ -560,6 +613,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zero map values below T (0..1) for crisper maps")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    ray = p.add_argument_group("many images on Ray (pip install -e \".[ray]\"; see the README's 'Many images')")
+    ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="run as a Ray Data job: decode on CPU workers, the net in actors, outputs written by "
+                          "the workers, finished images skipped on a rerun, OUT/manifest.csv. Without ADDRESS a "
+                          "local Ray instance; 'auto' or ray://HOST:10001 joins a cluster. Inputs may also be "
+                          "globs, .txt/.csv/.parquet lists of paths, and URIs (s3://, gs://, file://)")
+    ray.add_argument("--actors", type=_positive_int,
+                     help="net actors (default: one per GPU of the cluster, else one CPU actor)")
+    ray.add_argument("--store", default="png", choices=["png", "parquet", "both"],
+                     help="PNG maps mirroring the input tree, Parquet shards (OUT/shards/), or both")
+    ray.add_argument("--parquet-map", default="png", choices=["png", "float16"],
+                     help="map column of the shards: 8-bit PNG bytes or float16 (height x width, row-major)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("train", help="fine-tune SALICON on eye-tracking data",
@@ -698,6 +763,9 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
         if (out and out[-1].startswith("--") and "=" not in out[-1] and len(arg) > 1 and arg[0] == "-"
                 and (arg[1].isdigit() or arg[1] == ".")):
             out[-1] = f"{out[-1]}={arg}"
+        elif out and out[-1] == "--ray" and not arg.startswith("-") and not _RAY_ADDRESS.match(arg):
+            out[-1] = "--ray=local"  # 'predict --ray photos/ -o maps': photos/ is an input, not an address
+            out.append(arg)
         else:
             out.append(arg)
     return out
