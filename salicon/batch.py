@@ -528,12 +528,14 @@ class BatchReport:
 
 
 def ray_dependencies_missing() -> str | None:
-    try:
-        import ray  # noqa: F401
-        import ray.data  # noqa: F401
-        import pyarrow  # noqa: F401
-    except ImportError as exc:
-        return f"--ray needs Ray Data ({exc.name} is missing): install the ray extra with {RAY_EXTRA_HINT}"
+    """The message to show when Ray Data or pyarrow is absent, else None."""
+    import importlib
+
+    for module in ("ray", "ray.data", "pyarrow"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"--ray needs Ray Data ({module} is missing): install the ray extra with {RAY_EXTRA_HINT}"
     return None
 
 
@@ -546,6 +548,8 @@ def _connect(address: str | None, num_cpus: int | None):
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR",
                               "log_to_driver": False, "configure_logging": True}
     if address in (None, "", "local"):
+        # A private instance has no dashboard to show metrics: do not collect them.
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
         ray.init(**kwargs)
@@ -618,6 +622,9 @@ def _run_pipeline(todo, out, pre, post, model_path, prototxt, address, actors, b
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # one bar of our own, per image
     context.print_on_execution_start = False
+    # Per-operator statistics and object-location metrics cost CPU the net could use.
+    context.enable_auto_log_stats = False
+    context.enable_get_object_locations_for_metrics = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
@@ -626,12 +633,13 @@ def _run_pipeline(todo, out, pre, post, model_path, prototxt, address, actors, b
         raise BatchError(f"--device {device}: the Ray cluster has no GPU")
     n_actors = actors or (gpus if use_gpu else 1)
     if use_gpu:
-        actor_args = {"num_gpus": 1, "num_cpus": 1}
-        task_cpus = 1.0
-        threads = None
+        # Post-processing and PNG encoding cost ~30 ms an image on one core (benchmarks/bench_ray.py):
+        # three batches are written while a fourth runs the net.
+        actor_args = {"num_gpus": 1, "num_cpus": 2}
+        task_cpus, calls, threads = 1.0, 4, None
     else:
-        # CPU actors share the cores; the decode and write tasks keep half a core.
-        task_cpus = 0.5
+        # CPU actors share the cores; the decode tasks keep half a core.
+        task_cpus, calls = 0.5, 2
         per_actor = max(0.25, (cpus - task_cpus) / n_actors)
         actor_args = {"num_cpus": per_actor}
         threads = max(1, math.ceil(per_actor))
@@ -647,7 +655,8 @@ def _run_pipeline(todo, out, pre, post, model_path, prototxt, address, actors, b
             "model_path": model_path, "prototxt": prototxt, "device": actor_device, "precision": precision,
             "input_scale": input_scale, "out": out, "spec": spec, "post": post, "resize": resize,
             "max_pixels": max_pixels, "threads": threads},
-        compute=ActorPoolStrategy(size=n_actors, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True),
+        compute=ActorPoolStrategy(size=n_actors, max_concurrent_calls_per_actor=calls,
+                                enable_true_multi_threading=True),
         batch_size=batch_size, batch_format="numpy", **actor_args)
     bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
                desc=f"{n_actors} {'GPU' if use_gpu else 'CPU'} actor(s)")

@@ -193,7 +193,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_on_ray(args: argparse.Namespace) -> int:
-    from .batch import BatchError, OutputSpec, list_inputs, predict_on_ray, ray_dependencies_missing
+    from .batch import OutputSpec, list_inputs, predict_on_ray, ray_dependencies_missing
 
     missing_deps = ray_dependencies_missing()
     if missing_deps:
@@ -757,7 +757,8 @@ def _version() -> str:
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
     """'--time-limit -5m' -> '--time-limit=-5m': argparse would take '-5m' for an
-    option and say 'expected one argument'; joined, the value's own check speaks."""
+    option and say 'expected one argument'; joined, the value's own check speaks.
+    '--ray photos/' -> '--ray=local photos/': only a cluster address is --ray's value."""
     out: list[str] = []
     for arg in argv:
         if (out and out[-1].startswith("--") and "=" not in out[-1] and len(arg) > 1 and arg[0] == "-"

@@ -408,3 +408,15 @@ def test_example_api_client(server, model, photo, tmp_path):
     got = np.load(tmp_path / "photo_saliency.npy")
     assert np.abs(got - model.compute_saliency(photo)).max() <= 1e-6
     assert Image.open(tmp_path / "photo_overlay.png").size == (130, 90)
+
+
+def test_default_limits_refuse_a_20000_pixel_square_from_its_header(model, photo):
+    service = SaliencyService(model)  # the defaults of salicon serve: 50 megapixels, 50 MB
+    assert (service.max_pixels, service.max_upload_bytes) == (50_000_000, 50 * 1024 * 1024)
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")  # 400 megapixels in a small file
+    assert len(buf.getvalue()) < 2_000_000
+    with TestClient(create_app(service)) as c:
+        r = _post(c, buf.getvalue(), "poster.png")
+        _assert_error(r, 413, "poster.png", "20000x20000", "400.0 megapixels", "limit of 50.0 megapixels")
+        assert _post(c, _png(photo)).status_code == 200

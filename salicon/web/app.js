@@ -26,7 +26,7 @@ function clearError() {
 }
 
 function describeHealth(h) {
-  const sizes = Object.entries(h.input_sizes).map(([k, v]) => `${k} ${v[1]}x${v[0]}`).join(", ");
+  const sizes = Object.entries(h.input_sizes).map(([k, v]) => `${k} ${v[0]}x${v[1]}`).join(", ");
   return `Model ${h.model} (${sizes}) on ${h.device}, ${h.precision}; post-processing: ${h.postprocess}; ` +
          `salicon ${h.version}.`;
 }
