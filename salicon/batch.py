@@ -190,6 +190,8 @@ def list_inputs(inputs: Sequence[str], recursive: bool = False) -> tuple[list[It
             continue
         if len(found) == before:
             problems.append(f"{arg}: no images found")
+    # Absolute paths: the workers of a cluster run in other working directories.
+    found = [(src if is_uri(src) else os.path.abspath(src), stem) for src, stem in found]
     stems = _unique([s for _, s in found], [src for src, _ in found])
     return [Item(src, stem) for (src, _), stem in zip(found, stems)], problems
 
@@ -539,6 +541,24 @@ def ray_dependencies_missing() -> str | None:
     return None
 
 
+def use_token_auth(address: str | None) -> None:
+    """Send this machine's Ray token when joining a cluster (``ray start`` makes
+    token-authenticated clusters, and a client sends its token only in token
+    mode). Call it before Ray is imported; afterwards Ray's configuration is
+    refreshed through its own helper where this Ray version has it."""
+    if address in (None, "", "local") or "RAY_AUTH_MODE" in os.environ:
+        return
+    if not (os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists()):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray" in sys.modules:  # Ray read its configuration when it was imported
+        try:
+            from ray._private.authentication.authentication_token_setup import _enable_token_auth
+            _enable_token_auth()
+        except ImportError:
+            pass
+
+
 def _connect(address: str | None, num_cpus: int | None):
     import ray
 
@@ -552,13 +572,16 @@ def _connect(address: str | None, num_cpus: int | None):
         os.environ.setdefault("RAY_enable_metrics_collection", "0")
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
-        ray.init(**kwargs)
+        # address="local": a private instance even where `ray start` left a cluster running
+        # (a bare ray.init() would join that one).
+        ray.init(address="local", **kwargs)
     else:
         kwargs.pop("include_dashboard")
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise BatchError(f"--ray {address}: cannot join the Ray cluster ({exc})") from None
+            raise BatchError(f"--ray {address}: cannot join the Ray cluster ({exc}); if it uses token "
+                             f"authentication, its token must be in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
 
 
 def predict_on_ray(items: Sequence[Item], out: str, *, model_path: str | os.PathLike | None = None,
@@ -581,6 +604,9 @@ def predict_on_ray(items: Sequence[Item], out: str, *, model_path: str | os.Path
 
     report = BatchReport(total=len(items))
     start = time.perf_counter()
+    if not is_uri(out):  # the workers of a cluster run in other working directories
+        out = os.path.abspath(out)
+    items = [it if is_uri(it.source) else Item(os.path.abspath(it.source), it.stem) for it in items]
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     model_path = str(Path(model_path or default_model_path()).resolve())
     prototxt = str(Path(prototxt or prototxt_path()).resolve())
@@ -612,6 +638,7 @@ def predict_on_ray(items: Sequence[Item], out: str, *, model_path: str | os.Path
 
 def _run_pipeline(todo, out, pre, post, model_path, prototxt, address, actors, batch_size, device, precision,
                   input_scale, resize, max_pixels, spec, progress, num_cpus, statuses, report):
+    use_token_auth(address)
     import ray
     import ray.data
     from ray.data import ActorPoolStrategy

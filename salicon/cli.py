@@ -193,8 +193,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_on_ray(args: argparse.Namespace) -> int:
-    from .batch import OutputSpec, list_inputs, predict_on_ray, ray_dependencies_missing
+    from .batch import OutputSpec, list_inputs, predict_on_ray, ray_dependencies_missing, use_token_auth
 
+    use_token_auth(None if args.ray == "local" else args.ray)  # before Ray is imported
     missing_deps = ray_dependencies_missing()
     if missing_deps:
         _error(missing_deps)

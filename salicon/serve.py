@@ -395,6 +395,12 @@ def create_app(service: SaliencyService):
             parts.append(f"{where}: {e.get('msg', 'invalid')}")
         return error(400, "; ".join(parts))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_, exc: Exception):
+        # The net or an encoder failed (out of memory, say): this request hears why,
+        # the server and everyone else's requests carry on.
+        return error(500, f"the server could not compute this map ({type(exc).__name__}: {exc})")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_, exc: StarletteHTTPException):
         return error(exc.status_code, str(exc.detail))
@@ -494,7 +500,7 @@ def create_app(service: SaliencyService):
             if what == "map.npy":
                 return _npy_bytes(sal), "application/octet-stream", f"{stem}_saliency.npy"
             if what == "overlay.png":
-                rgb = load_image(kept.data, as_float=False, max_pixels=None, name=kept.name)
+                rgb = load_image(kept.data, as_float=False, max_pixels=service.max_pixels, name=kept.name)
                 return _png_bytes(overlay_image(rgb, sal, alpha)), "image/png", f"{stem}_overlay.png"
             raise RequestError(404, f"no such download: {what} (map.png, map.npy or overlay.png)")
 

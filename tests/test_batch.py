@@ -30,7 +30,9 @@ def ray_cluster():
     """One local Ray instance (2 CPUs) for the module; the jobs join it. The
     dashboard serves the state API that finds actor PIDs (ray[default])."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, logging_level="WARNING", log_to_driver=False)
+        context = ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="WARNING",
+                           log_to_driver=False)
+        _STATE_API.append(f"http://{context.dashboard_url}")
     yield
     ray.shutdown()
 
@@ -228,10 +230,15 @@ def test_parquet_shards_and_file_uris(ray_cluster, tmp_path, small_model, small_
         assert pq.read_table(target / "shards").num_rows == 9
 
 
+#: The state API's address (this module's cluster's dashboard), named so that a
+#: cluster left behind by `ray start` elsewhere on the machine is never asked.
+_STATE_API: list[str] = []
+
+
 def _net_actor_pids() -> list[int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+    actors = list_actors(address=_STATE_API[-1], filters=[("state", "=", "ALIVE")], detail=True)
     return [a.pid for a in actors if "NetActor" in (a.class_name or "") and a.pid]
 
 
@@ -280,3 +287,55 @@ def test_full_size_net_on_ray_equals_compute_saliency(ray_cluster, tmp_path):
     model = Salicon(device="cpu")
     for it in items:
         assert np.abs(np.load(tmp_path / f"{it.stem}.npy") - model.compute_saliency(it.source)).max() <= 1e-6
+
+
+def test_joins_an_existing_cluster_by_address(tmp_path, small_model, small_prototxt):
+    """`ray start --head` in its own processes, the job in another, --ray HOST:PORT."""
+    import subprocess
+    import sys
+
+    from tests.test_serve import _free_port
+
+    ray_cli = Path(sys.executable).parent / "ray"
+    if not ray_cli.exists():
+        pytest.skip("the ray command is not installed beside this Python")
+    port = _free_port()
+    env = {**os.environ, "RAY_enable_metrics_collection": "0"}
+    # --block keeps `ray start` in the foreground: stopping its process group stops this
+    # cluster alone (`ray stop` would stop every Ray instance on the machine).
+    head = subprocess.Popen([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        import socket
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert head.poll() is None, head.stderr.read()
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        photos = tmp_path / "photos"
+        _write_images(photos, 6, nested=False)
+        out = tmp_path / "maps"
+        # Relative paths from another working directory than the cluster's workers have.
+        job = subprocess.run([sys.executable, "-m", "salicon", "predict", "photos", "-o", "maps", "--ray",
+                              f"127.0.0.1:{port}", "--model", str(small_model), "--prototxt", str(small_prototxt),
+                              "--npy", "--device", "cpu"], capture_output=True, text=True, timeout=300, env=env,
+                             cwd=tmp_path)
+        assert job.returncode == 0, job.stderr
+        assert "6 written, 0 already done, 0 failed of 6" in job.stderr
+        model = Salicon(small_model, small_prototxt, device="cpu")
+        for path in sorted(photos.iterdir()):
+            assert np.abs(np.load(out / f"{path.stem}.npy") - model.compute_saliency(path)).max() <= 1e-6
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        current = Path("/tmp/ray/ray_current_cluster")  # Ray's pointer to the last `ray start` cluster
+        if current.exists() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()

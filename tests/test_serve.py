@@ -420,3 +420,17 @@ def test_default_limits_refuse_a_20000_pixel_square_from_its_header(model, photo
         r = _post(c, buf.getvalue(), "poster.png")
         _assert_error(r, 413, "poster.png", "20000x20000", "400.0 megapixels", "limit of 50.0 megapixels")
         assert _post(c, _png(photo)).status_code == 200
+
+
+def test_a_failing_net_is_a_500_with_a_message_and_the_server_carries_on(model, photo):
+    service = SaliencyService(model)
+    with TestClient(create_app(service), raise_server_exceptions=False) as c:
+        real_forward = model.forward
+        try:
+            model.forward = lambda inputs: (_ for _ in ()).throw(RuntimeError("out of memory"))
+            r = _post(c, _png(photo))
+            _assert_error(r, 500, "could not compute this map", "out of memory")
+        finally:
+            model.forward = real_forward
+        assert _post(c, _png(photo)).status_code == 200
+    assert service.failed_requests == 1
