@@ -418,7 +418,7 @@ def test_default_limits_refuse_a_20000_pixel_square_from_its_header(model, photo
     assert len(buf.getvalue()) < 2_000_000
     with TestClient(create_app(service)) as c:
         r = _post(c, buf.getvalue(), "poster.png")
-        _assert_error(r, 413, "poster.png", "20000x20000", "400.0 megapixels", "limit of 50.0 megapixels")
+        _assert_error(r, 413, "poster.png", "400.0 megapixels", "limit of 50.0 megapixels")
         assert _post(c, _png(photo)).status_code == 200
 
 
