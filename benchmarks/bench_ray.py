@@ -120,7 +120,8 @@ def stage_costs(rounds: int = 5) -> dict:
     import numpy as np
     import torch
 
-    from salicon.batch import PreprocessSpec, _png, decode_batch
+    from salicon.batch import PreprocessSpec, decode_batch
+    from salicon.formats import png_bytes
     from salicon.model import Salicon
     from salicon.visualize import to_uint8
 
@@ -140,7 +141,7 @@ def stage_costs(rounds: int = 5) -> dict:
         decode.append((time.perf_counter() - t0) / len(examples))
         t0 = time.perf_counter()
         for i in range(len(examples)):
-            _png(to_uint8(model.post.apply(raw[i], (int(out["height"][i]), int(out["width"][i])), model.resize)))
+            png_bytes(to_uint8(model.post.apply(raw[i], (int(out["height"][i]), int(out["width"][i])), model.resize)))
         write.append((time.perf_counter() - t0) / len(examples))
     return {"decode_resize_s_per_image": round(statistics.median(decode), 4),
             "postprocess_png_s_per_image": round(statistics.median(write), 4),

@@ -36,14 +36,13 @@ import posixpath
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .errors import SaliconError
-from .formats import atomic_write
+from .formats import atomic_write, npy_bytes, png_bytes
 from .image import IMAGE_SUFFIXES
 
 #: Files read as lists of images (one path or URI per line / row).
@@ -70,13 +69,6 @@ class Item:
 
 def is_uri(text: str) -> bool:
     return "://" in text
-
-
-@lru_cache(maxsize=32)
-def _filesystem(scheme_and_host: str):
-    from pyarrow import fs
-
-    return fs.FileSystem.from_uri(scheme_and_host + "/")[0]
 
 
 def _split_uri(uri: str):
@@ -192,7 +184,10 @@ def list_inputs(inputs: Sequence[str], recursive: bool = False) -> tuple[list[It
             problems.append(f"{arg}: no images found")
     # Absolute paths: the workers of a cluster run in other working directories.
     found = [(src if is_uri(src) else os.path.abspath(src), stem) for src, stem in found]
-    stems = _unique([s for _, s in found], [src for src, _ in found])
+    from .cli import unique_stems  # the rule single-process predict follows
+
+    stems = [p.as_posix() for p in unique_stems([(PurePosixPath(src.split("://")[-1]), PurePosixPath(stem))
+                                                 for src, stem in found])]
     return [Item(src, stem) for (src, _), stem in zip(found, stems)], problems
 
 
@@ -237,23 +232,6 @@ def _file_entry(arg: str) -> list[tuple[str, str]]:
         return _entries_with_stems(entries)
     name = PurePosixPath(arg.split("://")[-1]).with_suffix("").name
     return [(arg, name)]
-
-
-def _unique(stems: list[str], sources: list[str]) -> list[str]:
-    """Output stems without collisions ('a.jpg' and 'a.png' keep their suffixes)."""
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-    out, taken = [], set()
-    for stem, src in zip(stems, sources):
-        name = stem if counts[stem] == 1 else stem + PurePosixPath(src.split("://")[-1]).suffix
-        base, k = name, 1
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        out.append(name)
-    return out
 
 
 # --------------------------------------------------------------- outputs
@@ -434,20 +412,6 @@ class NetActor:
         return write_maps(batch, raw, **self.write)
 
 
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array, dtype=np.float32))
-    return buf.getvalue()
-
-
 def write_maps(batch: dict[str, np.ndarray], raw: np.ndarray, out: str, spec: OutputSpec, post, resize: str,
                max_pixels: int | None) -> dict[str, np.ndarray]:
     """Each raw map post-processed to its image's size and written, atomically,
@@ -473,17 +437,17 @@ def write_maps(batch: dict[str, np.ndarray], raw: np.ndarray, out: str, spec: Ou
                 sal = threshold_map(sal, spec.threshold)
             if spec.png:
                 if spec.npy:
-                    store.write(stem + ".npy", _npy(sal))
+                    store.write(stem + ".npy", npy_bytes(sal))
                 if spec.overlay:
                     rgb = load_image(read_bytes(source), as_float=False, max_pixels=max_pixels, name=source)
-                    store.write(stem + "_overlay.png", _png(overlay(rgb, sal)))
-                store.write(stem + ".png", _png(to_uint8(sal)))  # last: its presence marks the image done
+                    store.write(stem + "_overlay.png", png_bytes(overlay(rgb, sal)))
+                store.write(stem + ".png", png_bytes(to_uint8(sal)))  # last: its presence marks the image done
             if spec.parquet:
                 rows["name"].append(stem)
                 rows["source"].append(source)
                 rows["height"].append(size[0])
                 rows["width"].append(size[1])
-                rows["map"].append(_png(to_uint8(sal)) if spec.parquet_map == "png"
+                rows["map"].append(png_bytes(to_uint8(sal)) if spec.parquet_map == "png"
                                    else sal.astype(np.float16).tobytes())
         except (SaliconError, OSError, ValueError, MemoryError) as exc:
             status[i], messages[i] = "failed", str(exc) if source in str(exc) else f"{source}: {exc}"

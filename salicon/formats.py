@@ -8,6 +8,7 @@ does when it loads a file. Writing always produces the current form
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -499,3 +500,19 @@ def read_weights(path: PathLike) -> tuple[dict[str, list], dict[str, str]]:
         tensors, metadata = read_safetensors(path)
         return tensors_to_params(tensors, path), metadata
     return caffemodel_params(read_caffemodel(path)), {}
+
+
+def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
+    """An 8-bit array (HxW or HxWx3) encoded as a PNG file (PIL's default compression)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """A map encoded as a float32 .npy file."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, dtype=np.float32))
+    return buf.getvalue()

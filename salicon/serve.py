@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import queue
 import secrets
 import threading
@@ -35,7 +34,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 try:  # the optional web extra; FastAPI resolves the route annotations against this module
     from fastapi import UploadFile
@@ -43,6 +41,7 @@ except ImportError:  # salicon serve explains what to install (web_dependencies_
     UploadFile = None
 
 from .errors import ImageError, ImageTooLargeError, SaliconError
+from .formats import npy_bytes, png_bytes
 from .image import IMAGE_SUFFIXES, load_image
 from .model import Salicon, _shipped_file
 from .postprocess import PostProcessError
@@ -55,6 +54,8 @@ DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 WEB_EXTRA_HINT = "pip install -e \".[web]\" (or pip install \"salicon[web]\")"
 FORMATS = ("png", "npy", "json")
 WEB_ROOT = Path(__file__).resolve().parent / "web"
+#: PNG compression of responses: quicker than the default, a little larger.
+_PNG_LEVEL = 3
 
 
 class RequestError(SaliconError):
@@ -199,18 +200,6 @@ class ResultCache:
 
 
 # -------------------------------------------------------------- service
-
-
-def _png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array, dtype=np.float32))
-    return buf.getvalue()
 
 
 def shipped_examples() -> dict[str, Path]:
@@ -456,12 +445,12 @@ def create_app(service: SaliencyService):
             sal = threshold_map(sal, threshold)
         headers = {"X-Image-Size": f"{sal.shape[1]}x{sal.shape[0]}", "X-Seconds": f"{seconds:.3f}"}
         if format == "npy":
-            body = await run_in_threadpool(_npy_bytes, sal)
+            body = await run_in_threadpool(npy_bytes, sal)
             return Response(body, media_type="application/octet-stream", headers={
                 **headers, "Content-Disposition": f'attachment; filename="{Path(name).stem}_saliency.npy"'})
         if format == "png":
             picture = (lambda: overlay_image(rgb, sal, alpha)) if overlay else (lambda: to_uint8(sal))
-            body = await run_in_threadpool(lambda: _png_bytes(picture()))
+            body = await run_in_threadpool(lambda: png_bytes(picture(), _PNG_LEVEL))
             suffix = "_overlay.png" if overlay else "_saliency.png"
             return Response(body, media_type="image/png", headers={
                 **headers, "Content-Disposition": f'inline; filename="{Path(name).stem}{suffix}"'})
@@ -472,10 +461,10 @@ def create_app(service: SaliencyService):
                 "seconds": round(seconds, 3), "model": service.model.model_path.name,
                 "postprocess": postprocess,
                 "peaks": [{"x": x, "y": y, "value": round(v, 4)} for x, y, v in salient_points(sal)],
-                "map_png": base64.b64encode(_png_bytes(to_uint8(sal))).decode("ascii"),
+                "map_png": base64.b64encode(png_bytes(to_uint8(sal), _PNG_LEVEL)).decode("ascii"),
             }
             if overlay:
-                out["overlay_png"] = base64.b64encode(_png_bytes(overlay_image(rgb, sal, alpha))).decode("ascii")
+                out["overlay_png"] = base64.b64encode(png_bytes(overlay_image(rgb, sal, alpha), _PNG_LEVEL)).decode("ascii")
             if keep:
                 key = service.cache.put(Result(name, data, sal))
                 out["result"] = key
@@ -496,12 +485,12 @@ def create_app(service: SaliencyService):
         def render() -> tuple[bytes, str, str]:
             sal = threshold_map(kept.saliency_map, threshold) if threshold > 0 else kept.saliency_map
             if what == "map.png":
-                return _png_bytes(to_uint8(sal)), "image/png", f"{stem}_saliency.png"
+                return png_bytes(to_uint8(sal), _PNG_LEVEL), "image/png", f"{stem}_saliency.png"
             if what == "map.npy":
-                return _npy_bytes(sal), "application/octet-stream", f"{stem}_saliency.npy"
+                return npy_bytes(sal), "application/octet-stream", f"{stem}_saliency.npy"
             if what == "overlay.png":
                 rgb = load_image(kept.data, as_float=False, max_pixels=service.max_pixels, name=kept.name)
-                return _png_bytes(overlay_image(rgb, sal, alpha)), "image/png", f"{stem}_overlay.png"
+                return png_bytes(overlay_image(rgb, sal, alpha), _PNG_LEVEL), "image/png", f"{stem}_overlay.png"
             raise RequestError(404, f"no such download: {what} (map.png, map.npy or overlay.png)")
 
         body, media, filename = await run_in_threadpool(render)
