@@ -82,6 +82,7 @@ def child_forward(model: str, layout: str, repeat: int) -> dict:
             cnet.forward()
     else:
         import torch
+
         from salicon.engine import Net
         context = torch.inference_mode()
         if layout == "bf16":  # bfloat16 autocast, as precision="bf16" runs it
@@ -207,8 +208,7 @@ def run_child(*args: str) -> dict:
 
 def machine() -> dict:
     import torch
-
-    from salicon.model import cpu_features
+    from machine import cpu_features
     features = cpu_features()
     return {"cpu": features["model"], "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "flags": features["flags"], "native_bf16": features["native_bf16"],

@@ -25,8 +25,9 @@ def main() -> int:
     import numpy as np
     import torch
 
+    from salicon.device import precision_context
     from salicon.engine import Net, count_flops
-    from salicon.model import precision_context, prototxt_path
+    from salicon.pretrained import prototxt_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16])
@@ -117,7 +118,7 @@ def time_predict(n: int, batch: int, precision: str) -> dict:
             init_from_vgg16(VGG16, seed=0)[0].save(model)
         else:
             from salicon.engine import Net
-            from salicon.model import prototxt_path
+            from salicon.pretrained import prototxt_path
             Net(prototxt_path(), seed=0).save(model)
         args = ["predict", str(tmp / "in"), "--model", str(model), "--device", "cuda", "--batch-size", str(batch),
                 "--precision", precision, "-q"]

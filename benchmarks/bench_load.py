@@ -25,9 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from machine import cpu_features  # noqa: E402
+
 from salicon import Salicon, formats  # noqa: E402
 from salicon.export import export_caffemodel  # noqa: E402
-from salicon.model import cpu_features, default_model_path  # noqa: E402
+from salicon.pretrained import default_model_path  # noqa: E402
 
 
 def timed(fn, repeat: int) -> dict:

@@ -29,7 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from salicon.model import cpu_features, prototxt_path  # noqa: E402
+from machine import cpu_features  # noqa: E402
+
+from salicon.pretrained import prototxt_path  # noqa: E402
 
 
 def small_prototxt(folder: Path) -> Path:
@@ -121,8 +123,8 @@ def stage_costs(rounds: int = 5) -> dict:
     import torch
 
     from salicon.batch import PreprocessSpec, decode_batch
-    from salicon.formats import png_bytes
     from salicon.model import Salicon
+    from salicon.outputs import png_bytes
     from salicon.visualize import to_uint8
 
     torch.set_num_threads(1)

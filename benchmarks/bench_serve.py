@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
-
-from salicon.model import cpu_features
+from machine import cpu_features
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))

@@ -29,6 +29,7 @@ VGG16 = ROOT.parent / "shared" / "weights" / "vgg16_conv.caffemodel"
 
 def child(args) -> dict:
     import torch
+
     from salicon.train import TrainConfig, Trainer
     from salicon.weights import init_from_vgg16
 

@@ -39,8 +39,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from salicon import metrics as M  # noqa: E402
-from salicon.data import Fixations, OSIE_SIGMA, OSIE_WINDOW, binary_fixation_map, fixation_density, open_dataset  # noqa: E402
+from salicon.data import open_dataset  # noqa: E402
 from salicon.evaluate import read_split  # noqa: E402
+from salicon.fixations import (  # noqa: E402
+    OSIE_SIGMA,
+    OSIE_WINDOW,
+    Fixations,
+    binary_fixation_map,
+    fixation_density,
+)
 from salicon.postprocess import CenterPrior, PostProcess, fit_center_prior  # noqa: E402
 
 METRICS = {"AUC_Judd": 1, "NSS": 1, "CC": 1, "SIM": 1, "KLDiv": -1}  # +1: higher is better

@@ -37,8 +37,14 @@ def main() -> int:
     parser.add_argument("--url", default="http://127.0.0.1:7860")
     args = parser.parse_args()
 
-    with urllib.request.urlopen(f"{args.url}/api/health", timeout=10) as r:
-        health = json.load(r)
+    try:
+        with urllib.request.urlopen(f"{args.url}/api/health", timeout=10) as r:
+            health = json.load(r)
+    except (OSError, ValueError) as exc:  # refused, unknown host, timed out, not the API
+        reason = getattr(exc, "reason", exc)
+        print(f"api_client: no salicon server answers at {args.url} ({reason}); start one with "
+              f"'salicon serve' or give its address with --url", file=sys.stderr)
+        return 1
     print(f"server: {health['model']} on {health['device']}, salicon {health['version']}")
     failed = 0
     for path in args.images:

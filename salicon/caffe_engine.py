@@ -7,10 +7,11 @@ problems are reported as exceptions.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 
@@ -18,8 +19,8 @@ from . import formats
 from .engine import Net
 from .engine.net import PROJECT_LAYERS_DIR
 from .errors import EngineError
+from .types import PathLike
 
-PathLike = Union[str, os.PathLike]
 INSTALL_HINT = ("build it with `bash scripts/install_caffe.sh` (Debian/Ubuntu; CPU only), "
                 "or install a pycaffe built with WITH_PYTHON_LAYER=1")
 
@@ -113,3 +114,75 @@ class CaffeNet:
     def save(self, path: PathLike) -> None:
         """Write the weights with Caffe's own Net::ToProto."""
         self.net.save(str(path))
+
+
+class CaffeSolverBackend:
+    """Training steps on real Caffe: pycaffe's own solver, fed blob by blob (CPU).
+
+    ``solver_param`` is the run's solver (its ``net`` is replaced by
+    ``net_path``; snapshots are named by ``prefix`` and taken on request);
+    ``workdir`` receives the solver prototxt Caffe reads; ``loss_tops`` maps
+    each loss blob to its weight; ``weights`` (a .caffemodel or safetensors
+    file) initialises the net.
+    """
+
+    #: Caffe applies the update before the loss can be checked.
+    keeps_weights_on_nan = False
+
+    def __init__(self, solver_param, net_path: PathLike, prefix: PathLike, workdir: PathLike,
+                 loss_tops: dict[str, float], weights: PathLike | None = None):
+        caffe = import_caffe()
+        param = formats.caffe_pb2.SolverParameter()
+        param.CopyFrom(solver_param)
+        param.ClearField("train_net")
+        param.net = str(Path(net_path).resolve())  # Caffe resolves paths from the working directory
+        param.snapshot_prefix = str(Path(prefix).resolve())
+        param.snapshot = 0  # snapshots are taken by the training loop
+        param.solver_mode = formats.caffe_pb2.SolverParameter.CPU
+        path = Path(workdir) / "caffe_solver.prototxt"
+        formats.write_prototxt(path, param)
+        self.prefix = Path(prefix)
+        self.loss_tops = loss_tops
+        self.solver = caffe.get_solver(str(path))
+        if weights:
+            if formats.is_safetensors(weights):  # pycaffe reads only .caffemodels
+                set_params(self.solver.net, formats.read_weights(weights)[0])
+            else:
+                self.solver.net.copy_from(str(weights))
+
+    @property
+    def iter(self) -> int:
+        return int(self.solver.iter)
+
+    def _set(self, feeds) -> None:
+        for name, value in feeds.items():
+            self.solver.net.blobs[name].data[...] = value.detach().float().cpu().numpy()
+
+    def step(self, feeds) -> float:
+        self._set(feeds)
+        self.solver.step(1)
+        loss = self._weighted(self.solver.net.blobs)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at iteration {self.iter - 1}")
+        return loss
+
+    def loss(self, feeds) -> float:
+        self._set(feeds)
+        self.solver.net.forward()
+        return self._weighted(self.solver.net.blobs)
+
+    def evaluate(self, feeds, map_blob: str) -> tuple[float, np.ndarray]:
+        loss = self.loss(feeds)
+        data = self.solver.net.blobs[map_blob].data
+        return loss, np.array(data, dtype=np.float32).reshape(data.shape[-2:])
+
+    def _weighted(self, blobs) -> float:
+        return sum(w * float(np.sum(blobs[name].data)) for name, w in self.loss_tops.items())
+
+    def snapshot(self, prefix=None) -> tuple[Path, Path]:
+        self.solver.snapshot()  # Caffe names them <prefix>_iter_N.caffemodel / .solverstate
+        stem = f"{self.prefix}_iter_{self.iter}"
+        return Path(stem + ".caffemodel"), Path(stem + ".solverstate")
+
+    def restore(self, state) -> None:
+        self.solver.restore(str(state))

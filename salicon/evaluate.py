@@ -20,21 +20,22 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from . import metrics as M
-from .data import Dataset, Fixations, Sample, fixated_pixels, fixation_density, read_gray_map
+from .data import Dataset, Sample, read_gray_map
 from .errors import SaliconError
-
-PathLike = Union[str, os.PathLike]
+from .fixations import Fixations, fixated_pixels, fixation_density
+from .image import IMAGE_SUFFIXES
+from .inputs import image_files
+from .types import PathLike
 
 #: Metrics computed by default, in table order.
-DEFAULT_METRICS = ("AUC_Judd", "AUC_Borji", "sAUC", "NSS", "CC", "SIM", "KLDiv", "IG", "EMD")
+DEFAULT_METRICS = tuple(M.METRICS)  # every metric of salicon.metrics, in its order
 #: Centre bias: standard deviation as a fraction of the image height / width.
 CENTER_BIAS_SIGMA = 0.25
 #: Other images pooled for sAUC's negatives (MIT).
@@ -280,28 +281,33 @@ def evaluate(dataset: Dataset, predict: Callable[[Sample], np.ndarray] | None, n
 
 def saliency_maps_from_folder(folder: PathLike) -> Callable[[Sample], np.ndarray]:
     """A predictor that reads precomputed maps ``folder/<name>.npy`` or any
-    image format (grayscale), for scoring other models' outputs."""
+    image format (grayscale), for scoring other models' outputs; the folder is
+    listed as ``salicon predict`` lists inputs, sub-folders included."""
     folder = Path(folder)
     if not folder.exists():
         raise SaliconError(f"--saliency-maps {folder}: no such folder")
     if not folder.is_dir():
         raise SaliconError(f"--saliency-maps {folder}: not a folder")
+    maps: dict[str, Path] = {}
+    for path in image_files(folder, recursive=True, suffixes=IMAGE_SUFFIXES | {".npy"}):
+        stem = path.relative_to(folder).with_suffix("").as_posix()
+        if stem not in maps or path.suffix == ".npy":  # a .npy keeps the float values: it wins
+            maps[stem] = path
 
     def predict(sample: Sample) -> np.ndarray:
-        stem = sample.name
-        npy = folder / f"{stem}.npy"
-        if npy.exists():
-            try:
-                array = np.load(npy, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise SaliconError(f"{npy}: not a readable .npy saliency map ({exc})") from None
-            if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-                raise SaliconError(f"{npy}: expected a 2-D numeric saliency map, got {array.dtype} {array.shape}")
-            return array.astype(np.float64)
-        for path in sorted(folder.glob(f"{Path(stem).name}.*")):
+        path = maps.get(sample.name) or maps.get(Path(sample.name).name)
+        if path is None:
+            raise SaliconError(f"{folder}: no saliency map for image '{sample.name}'")
+        if path.suffix != ".npy":
             try:
                 return read_gray_map(path)
             except SaliconError as exc:
                 raise SaliconError(f"not a readable saliency map: {exc}") from None
-        raise SaliconError(f"{folder}: no saliency map for image '{stem}'")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise SaliconError(f"{path}: not a readable .npy saliency map ({exc})") from None
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            raise SaliconError(f"{path}: expected a 2-D numeric saliency map, got {array.dtype} {array.shape}")
+        return array.astype(np.float64)
     return predict

@@ -11,11 +11,9 @@ min-max normalisation and the resize to the image.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Union
 
 import torch
 from torch import nn
@@ -24,10 +22,11 @@ from . import formats
 from .engine import Net
 from .engine.net import PROJECT_LAYERS_DIR
 from .errors import SaliconError
-from .model import OUTPUT_BLOB, default_model_path, model_metadata, model_record_path, prototxt_path
+from .model import OUTPUT_BLOB
 from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE
+from .pretrained import default_model_path, model_metadata, prototxt_path, record_path
+from .types import PathLike
 
-PathLike = Union[str, os.PathLike]
 #: The Python layer modules the shipped prototxt files name.
 LAYER_MODULES = ("CustomData.py", "custom_interpolation_layer.py")
 
@@ -66,7 +65,7 @@ def export_caffemodel(out_dir: PathLike, model: PathLike | None = None, prototxt
     net.save(paths["caffemodel"])
     if paths["prototxt"].resolve() != prototxt.resolve():
         formats.atomic_write(paths["prototxt"], lambda tmp: shutil.copyfile(prototxt, tmp))
-    record = model_record_path(source)
+    record = record_path(source)
     if record.is_file():  # the model's record (its default post-processing) travels with it
         paths["record"] = out_dir / f"{name}.json"
         if paths["record"].resolve() != record.resolve():

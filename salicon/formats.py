@@ -8,23 +8,20 @@ does when it loads a file. Writing always produces the current form
 """
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence, Union
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from google.protobuf import message as _message
 from google.protobuf import text_format
 
 from .errors import FormatError
+from .outputs import atomic_write, atomic_write_bytes
 from .proto import caffe_pb2
-
-PathLike = Union[str, os.PathLike]
+from .types import PathLike
 
 #: V1LayerParameter.LayerType enum name -> current layer type string.
 V1_LAYER_TYPES = {
@@ -275,33 +272,6 @@ def load_caffemodel_arrays(path: PathLike) -> dict[str, list[np.ndarray]]:
 # Writing
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
-    """Create ``path`` through ``write(temporary_path)`` and a rename, so a crash
-    or an error never leaves a half-written file (nor removes an older one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write(path: PathLike, data: bytes) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
 def write_caffemodel(path: PathLike, net: caffe_pb2.NetParameter,
                      params: Mapping[str, Iterable[np.ndarray]]) -> None:
     """Write ``net``'s layers with ``params`` (layer name -> arrays) as a .caffemodel.
@@ -319,12 +289,12 @@ def write_caffemodel(path: PathLike, net: caffe_pb2.NetParameter,
         del layer.blobs[:]
         for array in params.get(layer.name, ()):
             layer.blobs.append(array_to_blob(np.asarray(array)))
-    _atomic_write(path, out.SerializeToString())
+    atomic_write_bytes(path, out.SerializeToString())
 
 
 def write_binary(path: PathLike, msg: _message.Message) -> None:
     """Write any message (e.g. a SolverState) as binary protobuf, atomically."""
-    _atomic_write(path, msg.SerializeToString())
+    atomic_write_bytes(path, msg.SerializeToString())
 
 
 def read_solver_state(path: PathLike) -> caffe_pb2.SolverState:
@@ -342,7 +312,7 @@ def read_solver_state(path: PathLike) -> caffe_pb2.SolverState:
 
 def write_prototxt(path: PathLike, msg: _message.Message) -> None:
     """Write a NetParameter or SolverParameter as text."""
-    _atomic_write(path, text_format.MessageToString(msg).encode("utf-8"))
+    atomic_write_bytes(path, text_format.MessageToString(msg).encode("utf-8"))
 
 
 
@@ -499,20 +469,8 @@ def read_weights(path: PathLike) -> tuple[dict[str, list], dict[str, str]]:
     if is_safetensors(path):
         tensors, metadata = read_safetensors(path)
         return tensors_to_params(tensors, path), metadata
+    if Path(path).suffix.lower() == ".safetensors":  # name the format the user meant
+        kind = "a text file" if _looks_like_text(Path(path).read_bytes()[:4096]) else "of another type"
+        raise FormatError(f"{path}: not a safetensors file ({kind}: a safetensors file starts with an 8-byte "
+                          f"header length and a JSON header); the file is truncated, corrupt or misnamed")
     return caffemodel_params(read_caffemodel(path)), {}
-
-
-def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
-    """An 8-bit array (HxW or HxWx3) encoded as a PNG file (PIL's default compression)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    """A map encoded as a float32 .npy file."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array, dtype=np.float32))
-    return buf.getvalue()

@@ -27,6 +27,13 @@ DEFAULT_MAX_PIXELS = 2 * 89_478_485
 #: File name suffixes treated as images when a folder is given.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp",
                   ".ppm", ".pgm", ".pnm", ".jfif"}
+#: The image formats those suffixes stand for, as messages and the web page name them.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WebP", "PNM")
+
+
+def describe_pixels(count: int) -> str:
+    """A pixel count as people read it: '5000 pixels' when small, '50.0 megapixels' when not."""
+    return f"{count} pixels" if count < 100_000 else f"{count / 1e6:.1f} megapixels"
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
@@ -89,9 +96,9 @@ def _array_to_rgb(arr: np.ndarray, name: str, as_float: bool = True) -> np.ndarr
 def check_pixels(width: int, height: int, max_pixels: int | None, name: str) -> None:
     """Refuse an image larger than ``max_pixels`` (None: no limit) before it is decoded."""
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(f"{name}: {width}x{height} pixels ({width * height / 1e6:.1f} megapixels) exceeds "
-                         f"the limit of {max_pixels / 1e6:.1f} megapixels; raise it with --max-pixels "
-                         f"(max_pixels=) if you trust the file")
+        raise ImageTooLargeError(f"{name}: {width}x{height} pixels ({describe_pixels(width * height)}) exceeds "
+                                 f"the limit of {describe_pixels(max_pixels)}; raise it with --max-pixels "
+                                 f"(max_pixels=) if you trust the file")
 
 
 def _open_checked(source, name: str, max_pixels: int | None) -> Image.Image:
@@ -130,7 +137,7 @@ def load_image(source: ImageLike, *, as_float: bool = True,
     if isinstance(source, (bytes, bytearray, memoryview)):
         name = name or f"<{len(source)} bytes>"
         if not len(source):
-            raise ImageError(f"{name}: empty data, not an image")
+            raise ImageError(f"{name}: empty data (0 bytes), not an image")
         return _decode(io.BytesIO(bytes(source)), name, as_float, max_pixels)
     if not isinstance(source, (str, os.PathLike)):
         raise ImageError(f"cannot read an image from a {type(source).__name__}; give a path, a PIL image, "
@@ -140,6 +147,8 @@ def load_image(source: ImageLike, *, as_float: bool = True,
         raise ImageError(f"{path}: no such image file")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ImageError(f"{path}: the file is empty (0 bytes), not an image")
     return _decode(path, str(path), as_float, max_pixels)
 
 
@@ -152,10 +161,10 @@ def _decode(source, name: str, as_float: bool, max_pixels: int | None) -> np.nda
         raise ImageError(f"{name}: not an image file (PIL cannot identify its format)") from None
     except Image.DecompressionBombError as exc:  # PIL's own threshold, met before the header is ours to see
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "its size"
+        size = describe_pixels(int(found.group(1))) if found else "its size"
         limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageTooLargeError(f"{name}: {size} exceeds the limit of {limit / 1e6:.1f} megapixels; raise it with "
-                         f"--max-pixels (max_pixels=) if you trust the file") from None
+        raise ImageTooLargeError(f"{name}: {size} exceeds the limit of {describe_pixels(limit)}; raise it with "
+                                 f"--max-pixels (max_pixels=) if you trust the file") from None
     except MemoryError:
         raise ImageError(f"{name}: not enough memory to decode the image") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data

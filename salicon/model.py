@@ -9,151 +9,47 @@ editing the sizes in the prototxt is all it takes to run at other scales.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import platform
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from . import pretrained
+from .device import PRECISIONS, precision_context, resolve_device
 from .engine import Net
 from .errors import EngineError, SaliconError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, load_image
 from .postprocess import CenterPrior, PostProcess, PostProcessError, parse_postprocess
 from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS, image_to_inputs
+from .types import PathLike
 
-PathLike = Union[str, os.PathLike]
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: Output blob read by default (the test prototxt's Sigmoid top).
 OUTPUT_BLOB = "saliency_map_out"
-PRECISIONS = ("fp32", "tf32", "bf16")
 ENGINES = ("auto", "pytorch", "caffe")
 
 
-def _shipped_file(folder: str, name: str) -> tuple[Path, Path]:
-    """(source-tree path, installed package-data path) of a file shipped in ``folder``
-    (prototxt/ as package data salicon.prototxt, models/ as salicon.models)."""
-    local = PROJECT_ROOT / folder / name
-    if local.exists():
-        return local, local
+def record_postprocess(model: PathLike, record: pretrained.ModelRecord | None = None
+                       ) -> tuple[CenterPrior | None, PostProcess]:
+    """(learned centre prior or None, default post-processing) from the record of
+    the weights file ``model`` (read here unless given); plain output without one."""
+    record = record if record is not None else pretrained.read_record(model)
     try:
-        return local, Path(str(resources.files(f"salicon.{folder}") / name))
-    except ModuleNotFoundError:
-        return local, local
+        prior = CenterPrior.from_dict(record.center_prior) if record and record.center_prior else None
+        default = (PostProcess.from_dict(record.postprocess, name="default")
+                   if record and record.postprocess else PostProcess(name="none"))
+    except PostProcessError as exc:
+        raise PostProcessError(f"{pretrained.record_path(model)}: {exc}") from None
+    return prior, default
 
 
-def prototxt_path(name: str = "salicon.prototxt") -> Path:
-    """Path of a prototxt shipped with the project (source tree or installed)."""
-    local, found = _shipped_file("prototxt", name)
-    if not found.exists():
-        raise SaliconError(f"shipped prototxt '{name}' not found (looked in {local} and {found})")
-    return found
-
-
-#: File name of the shipped pretrained model (SALICON trained on OSIE; see models/salicon_osie.json).
-DEFAULT_MODEL = "salicon_osie.safetensors"
-
-
-def default_model_path() -> Path:
-    """The shipped pretrained model (source tree or installed package)."""
-    return _shipped_file("models", DEFAULT_MODEL)[1]
-
-
-def model_record_path(path: PathLike) -> Path:
-    """Where the record of the weights file ``path`` lies: ``<stem>.json`` beside it."""
-    return Path(path).with_suffix(".json")
-
-
-def model_record(path: PathLike) -> dict:
-    """The record beside a weights file (``<stem>.json``: what the model is,
-    its learned centre prior and default post-processing), or {}."""
-    sidecar = model_record_path(path)
-    if not sidecar.is_file():
-        return {}
-    try:
-        record = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SaliconError(f"{sidecar}: the model's record is not valid JSON ({exc})") from None
-    return record if isinstance(record, dict) else {}
-
-
-def model_metadata(path: PathLike) -> dict[str, str]:
-    """The metadata a safetensors weights file carries ({} for a .caffemodel)."""
-    from .formats import is_safetensors, read_safetensors_metadata
-    return read_safetensors_metadata(path) if is_safetensors(path) else {}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; a CUDA request without CUDA fails clearly."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError:
-            raise ValueError(f"invalid device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EngineError(f"device {device!r} requested but CUDA is not available to PyTorch "
-                          f"{torch.__version__}; choose device 'cpu' or 'auto'")
-    return dev
-
-
-def cpu_features() -> dict:
-    """The CPU's model name, its SIMD flags that matter for convolutions, whether
-    it computes bfloat16 natively (AVX512-BF16 or AMX) and PyTorch's view of it."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                if flags and model:
-                    break
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_tile",
-              "amx_int8")
-    try:
-        capability = torch.backends.cpu.get_cpu_capability()
-    except AttributeError:  # older PyTorch
-        capability = "unknown"
-    return {"model": model, "flags": [f for f in wanted if f in flags],
-            "native_bf16": bool({"avx512_bf16", "amx_bf16"} & flags), "torch_capability": capability}
-
-
-@contextlib.contextmanager
-def precision_context(precision: str, device: torch.device):
-    """Numerics for a forward pass: fp32 (no TF32), tf32, or bf16 autocast."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    if precision == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-        return
-    if device.type != "cuda":
-        yield
-        return
-    allow = precision == "tf32"
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = allow
-    cudnn = torch.backends.cudnn
-    try:
-        # Input shapes are fixed by the prototxt, so cuDNN's autotuner pays off.
-        with cudnn.flags(enabled=cudnn.enabled, benchmark=True, deterministic=cudnn.deterministic,
-                         allow_tf32=allow):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+def load_postprocess(model: PathLike, spec: str | PostProcess = "default") -> PostProcess:
+    """A post-processing specification read against the record of the weights file
+    ``model`` (``"default"`` and ``prior=learned`` refer to it), without loading the net."""
+    return parse_postprocess(spec, *record_postprocess(model))
 
 
 class Salicon:
@@ -162,7 +58,8 @@ class Salicon:
     Args:
         model: trained weights, a .caffemodel or a safetensors file (default:
             the shipped pretrained model, SALICON trained on OSIE).
-        prototxtpath: the test net definition (default: prototxt/salicon.prototxt).
+        prototxt: the test net definition (default: prototxt/salicon.prototxt);
+            ``prototxtpath``, OpenSALICON's name for it, is accepted too.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"fp32"`` (exact), ``"tf32"`` or ``"bf16"`` (GPU speed).
         input_scale: factor after mean subtraction (default: the model file's
@@ -181,47 +78,64 @@ class Salicon:
             :class:`~salicon.postprocess.PostProcess` (see that module).
     """
 
-    def __init__(self, model: PathLike | None = None, prototxtpath: PathLike | None = None, *,
+    def __init__(self, model: PathLike | None = None, prototxt: PathLike | None = None, *,
                  device: str | torch.device = "auto", precision: str = "fp32",
                  input_scale: float | None = None, resize: str = "spline",
                  mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, postprocess: str | PostProcess = "default"):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, postprocess: str | PostProcess = "default",
+                 prototxtpath: PathLike | None = None):
+        if prototxtpath is not None:  # OpenSALICON's own keyword
+            if prototxt is not None:
+                raise ValueError("give prototxt or prototxtpath (its OpenSALICON name), not both")
+            prototxt = prototxtpath
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         if resize not in RESIZE_METHODS:
             raise ValueError(f"resize must be one of {RESIZE_METHODS}, not {resize!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-        if model is None:
-            model = default_model_path()
-            if not model.exists():
-                raise SaliconError(f"the shipped pretrained model is missing ({model}); reinstall the package "
-                                   f"or pass a trained .caffemodel / .safetensors file as the model")
-        self.model_path = Path(model)
-        if input_scale is None:  # the model's own convention, else the published one
-            try:
-                input_scale = float(model_metadata(self.model_path).get("input_scale", PUBLISHED_INPUT_SCALE))
-            except ValueError:
-                raise SaliconError(f"{self.model_path}: metadata 'input_scale' is not a number") from None
-        self.prototxt_path = Path(prototxtpath) if prototxtpath is not None else prototxt_path()
+        self.model_path = self._model_file(model)
+        self.prototxt_path = Path(prototxt) if prototxt is not None else pretrained.prototxt_path()
         self.device = resolve_device("cpu" if engine == "caffe" and device == "auto" else device)
         self.precision = precision
-        self.input_scale = float(input_scale)
+        self.input_scale = self._input_scale(input_scale)
         self.mean_bgr = tuple(float(m) for m in mean_bgr)
         self.resize = resize
         self.max_pixels = max_pixels
-        record = model_record(self.model_path)
-        try:
-            #: The model's learned centre prior (``prior=learned``), if its record has one.
-            self.center_prior = CenterPrior.from_dict(record["center_prior"]) if record.get("center_prior") else None
-            #: The model's recorded post-processing (plain for a model without a record).
-            self.default_post = (PostProcess.from_dict(record["postprocess"], name="default")
-                                 if record.get("postprocess") else PostProcess(name="none"))
-        except PostProcessError as exc:
-            raise PostProcessError(f"{model_record_path(self.model_path)}: {exc}") from None
+        self._read_record()
         #: What happens to the net's map on its way to the image.
         self.post = self.resolve_postprocess(postprocess)
         self.engine = "pytorch" if engine == "auto" else engine
+        self.net = self._load_net(channels_last)
+        self.output_blob = self._find_output()
+
+    @staticmethod
+    def _model_file(model: PathLike | None) -> Path:
+        if model is not None:
+            return Path(model)
+        shipped = pretrained.default_model_path()
+        if not shipped.exists():
+            raise SaliconError(f"the shipped pretrained model is missing ({shipped}); reinstall the package "
+                               f"or pass a trained .caffemodel / .safetensors file as the model")
+        return shipped
+
+    def _input_scale(self, input_scale: float | None) -> float:
+        """The given scale, else the model file's own convention, else the published one."""
+        if input_scale is not None:
+            return float(input_scale)
+        try:
+            return float(pretrained.model_metadata(self.model_path).get("input_scale", PUBLISHED_INPUT_SCALE))
+        except ValueError:
+            raise SaliconError(f"{self.model_path}: metadata 'input_scale' is not a number") from None
+
+    def _read_record(self) -> None:
+        #: The model's record (``<stem>.json`` beside the weights), or None.
+        self.record = pretrained.read_record(self.model_path)
+        #: The model's learned centre prior (``prior=learned``), if its record has one;
+        #: its recorded post-processing (plain for a model without a record).
+        self.center_prior, self.default_post = record_postprocess(self.model_path, self.record)
+
+    def _load_net(self, channels_last: bool):
         if self.engine == "caffe":
             from .caffe_engine import CaffeNet
             if self.device.type != "cpu":
@@ -235,18 +149,20 @@ class Salicon:
             if channels_last:
                 net.to(memory_format=torch.channels_last)
                 net.memory_format = torch.channels_last
-        self.net = net
         for name, shape in net.input_shapes.items():
             if len(shape) != 4 or shape[1] != 3:
                 raise SaliconError(f"{self.prototxt_path}: input '{name}' has shape {shape}; image inputs "
                                    f"must be N x 3 x H x W (is this a train prototxt?)")
-        if OUTPUT_BLOB in net.outputs:
-            self.output_blob = OUTPUT_BLOB
-        elif len(net.outputs) == 1:
-            self.output_blob = net.outputs[0]
-        else:
-            raise SaliconError(f"{self.prototxt_path}: cannot tell the saliency output among {net.outputs}; "
-                               f"name it '{OUTPUT_BLOB}'")
+        return net
+
+    def _find_output(self) -> str:
+        outputs = self.net.outputs
+        if OUTPUT_BLOB in outputs:
+            return OUTPUT_BLOB
+        if len(outputs) == 1:
+            return outputs[0]
+        raise SaliconError(f"{self.prototxt_path}: cannot tell the saliency output among {outputs}; "
+                           f"name it '{OUTPUT_BLOB}'")
 
     def resolve_postprocess(self, spec: str | PostProcess) -> PostProcess:
         """A post-processing specification read against this model's record

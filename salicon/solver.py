@@ -31,9 +31,8 @@ Caffe their update is 0 as well).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, Union
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +42,7 @@ from .engine import Net
 from .engine.net import ParamInfo
 from .errors import FormatError
 from .proto import caffe_pb2
-
-PathLike = Union[str, os.PathLike]
+from .types import PathLike
 
 _LEGACY_TYPES = {caffe_pb2.SolverParameter.SGD: "SGD", caffe_pb2.SolverParameter.NESTEROV: "Nesterov",
                  caffe_pb2.SolverParameter.ADAGRAD: "AdaGrad", caffe_pb2.SolverParameter.RMSPROP: "RMSProp",

@@ -14,26 +14,25 @@ spline resize as inference.
 from __future__ import annotations
 
 import json
-import math
-import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from . import formats
-from .data import OSIE_SIGMA, PreparedSample, open_dataset, prepare, split_names
+from .data import PreparedSample, open_dataset, prepare, split_names
+from .device import precision_context, resolve_device
 from .engine import Net
 from .errors import SaliconError
-from .model import precision_context, prototxt_path, resolve_device
+from .fixations import OSIE_SIGMA
 from .preprocess import PUBLISHED_INPUT_SCALE, image_to_blob, resize_chw
+from .pretrained import prototxt_path
 from .solver import Solver, learning_rate, read_solver, solver_net_path
 
-PathLike = Union[str, os.PathLike]
 TARGET_BLOB = "ground_truth"
 
 
@@ -145,7 +144,9 @@ class Trainer:
         loss_layers = [lp for lp in self.net.layer_params.values() if set(lp.top) & set(self.loss_tops)]
         self.map_blob = loss_layers[0].bottom[0] if loss_layers else None
         if self.engine == "caffe":
-            self.backend = _CaffeBackend(self, net_path)
+            from .caffe_engine import CaffeSolverBackend
+            self.backend = CaffeSolverBackend(self.solver_param, net_path, self.prefix, self.out, self.loss_tops,
+                                              None if config.resume else config.weights)
             del self.net
         else:
             if self.device.type == "cuda":
@@ -218,116 +219,132 @@ class Trainer:
 
     # ------------------------------------------------------------- loop
     def run(self, progress: bool = True) -> TrainResult:
-        cfg = self.config
-        train, test = self.train_set, self.test_set
-        if not train:
+        """Step through the training images until max_iter, the time limit, a
+        non-finite loss or Ctrl-C; then snapshot, validate and report."""
+        if not self.train_set:
             raise TrainingError("no training images")
-        (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        log_path = self.out / "log.jsonl"
-        max_iter = cfg.max_iter if cfg.max_iter is not None else (self.solver_param.max_iter or None)
-        n = len(train)
-        display = max(1, self.solver_param.display or 20)
-        snapshot_every = self.solver_param.snapshot
-        start = time.perf_counter()
-        deadline = start + cfg.time_limit
-        history: list[dict] = []
-        recent: list[float] = []
-        stop_reason = "time limit"
-        bar = None
+        (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        run = _Run(log_path=self.out / "log.jsonl", start=time.perf_counter(), first_iter=self.backend.iter,
+                   max_iter=self.config.max_iter if self.config.max_iter is not None
+                   else (self.solver_param.max_iter or None),
+                   display=max(1, self.solver_param.display or 20))
+        run.deadline = run.start + self.config.time_limit
         if progress:
             from tqdm import tqdm
-            bar = tqdm(total=max_iter, initial=self.backend.iter, unit="step", dynamic_ncols=True)
-        order, order_epoch = None, -1
-        first_iter = self.backend.iter
-        last_snapshot = None
-        train_loss = float("nan")
-        with open(log_path, "a") as log, _Interrupt(self.say if bar is None else bar.write) as interrupt:
-            while True:
-                it = self.backend.iter
-                if max_iter is not None and it >= max_iter:
-                    stop_reason = "max_iter"
+            run.bar = tqdm(total=run.max_iter, initial=self.backend.iter, unit="step", dynamic_ncols=True)
+        with open(run.log_path, "a") as log, _Interrupt(self.say if run.bar is None else run.bar.write) as stop:
+            run.log = log
+            while (reason := self._stop_reason(run, stop)) is None:
+                reason = self._step(run)
+                if reason is not None:
                     break
-                if time.perf_counter() >= deadline:
-                    stop_reason = "time limit"
-                    break
-                if interrupt.hit:
-                    stop_reason = "interrupted"
-                    break
-                epoch, pos = divmod(it, n)
-                if epoch != order_epoch:  # a new random order each epoch, a function of (seed, epoch)
-                    order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
-                    order_epoch = epoch
-                    if pos == 0 and epoch > 0:
-                        val = self.validate(test)
-                        record = {"event": "epoch", "epoch": epoch, "iter": it, **val,
-                                  "time": time.perf_counter() - start}
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                        history.append(record)
-                        self.say(f"epoch {epoch} done at iter {it}: " + _describe(val))
-                sample = train[order[pos]]
-                feeds = self.feeds(sample)
-                try:
-                    loss = self.backend.step(feeds)
-                except FloatingPointError as exc:
-                    stop_reason = f"non-finite loss ({exc})"
-                    break
-                train_loss = loss
-                recent.append(loss)
-                recent = recent[-display:]
-                if self.backend.iter % display == 0 or self.backend.iter == 1:
-                    elapsed = time.perf_counter() - start
-                    rate = (self.backend.iter - first_iter) / max(elapsed, 1e-9)
-                    record = {"event": "train", "iter": self.backend.iter, "loss": float(np.mean(recent)),
-                              "lr": learning_rate(self.solver_param, self.backend.iter - 1), "img_per_s": rate,
-                              "time": elapsed, "image": sample.name}
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    history.append(record)
-                if bar is not None:  # every step, so loss and time left never freeze
-                    elapsed = time.perf_counter() - start
-                    rate = (self.backend.iter - first_iter) / max(elapsed, 1e-9)
-                    bar.set_postfix(loss=f"{float(np.mean(recent)):.4g}",
-                                    lr=f"{learning_rate(self.solver_param, self.backend.iter - 1):.2g}",
-                                    img_s=f"{rate:.2f}", left=_hms(deadline - time.perf_counter()),
-                                    refresh=False)
-                    bar.update(1)
-                if snapshot_every and self.backend.iter % snapshot_every == 0:
-                    last_snapshot = self.backend.snapshot(self.prefix)
-        if bar is not None:
-            bar.close()
+        if run.bar is not None:
+            run.bar.close()
+        return self._finish(run, reason)
+
+    def _stop_reason(self, run: "_Run", interrupt: "_Interrupt") -> str | None:
+        if run.max_iter is not None and self.backend.iter >= run.max_iter:
+            return "max_iter"
+        if time.perf_counter() >= run.deadline:
+            return "time limit"
+        return "interrupted" if interrupt.hit else None
+
+    def _next_sample(self, run: "_Run") -> PreparedSample:
+        """The next training image: a new random order each epoch, a function of
+        (seed, epoch), and a validation pass when an epoch ends."""
+        epoch, pos = divmod(self.backend.iter, len(self.train_set))
+        if epoch != run.order_epoch:
+            run.order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_set))
+            run.order_epoch = epoch
+            if pos == 0 and epoch > 0:
+                val = self.validate(self.test_set)
+                run.record({"event": "epoch", "epoch": epoch, "iter": self.backend.iter, **val,
+                            "time": time.perf_counter() - run.start})
+                self.say(f"epoch {epoch} done at iter {self.backend.iter}: " + _describe(val))
+        return self.train_set[run.order[pos]]
+
+    def _step(self, run: "_Run") -> str | None:
+        """One solver step on one image, logged; a stop reason if the loss is not finite."""
+        sample = self._next_sample(run)
+        try:
+            loss = self.backend.step(self.feeds(sample))
+        except FloatingPointError as exc:
+            return f"non-finite loss ({exc})"
+        run.train_loss = loss
+        run.recent = (run.recent + [loss])[-run.display:]
+        it = self.backend.iter
+        lr = learning_rate(self.solver_param, it - 1)
+        rate = (it - run.first_iter) / max(time.perf_counter() - run.start, 1e-9)
+        if it % run.display == 0 or it == 1:
+            run.record({"event": "train", "iter": it, "loss": float(np.mean(run.recent)), "lr": lr,
+                        "img_per_s": rate, "time": time.perf_counter() - run.start, "image": sample.name})
+        if run.bar is not None:  # every step, so loss and time left never freeze
+            run.bar.set_postfix(loss=f"{float(np.mean(run.recent)):.4g}", lr=f"{lr:.2g}", img_s=f"{rate:.2f}",
+                                left=_hms(run.deadline - time.perf_counter()), refresh=False)
+            run.bar.update(1)
+        if self.solver_param.snapshot and it % self.solver_param.snapshot == 0:
+            run.last_snapshot = self.backend.snapshot(self.prefix)
+        return None
+
+    def _finish(self, run: "_Run", stop_reason: str) -> TrainResult:
+        """The final snapshot (the last good one after a non-finite loss), validation,
+        the end record, the pictures and the summary line."""
         failed = stop_reason.startswith("non-finite")
         if failed and not self.backend.keeps_weights_on_nan:
-            if last_snapshot is None:
+            if run.last_snapshot is None:
                 raise TrainingError(f"{stop_reason} at iteration {self.backend.iter}, before any snapshot")
-            model, state = last_snapshot
+            model, state = run.last_snapshot
         else:
             model, state = self.backend.snapshot(self.prefix)
         # An interrupted run ends quickly: its user wants control back, not a validation pass.
-        val = self.validate(test) if not failed and stop_reason != "interrupted" else {"val_loss": None}
-        seconds = time.perf_counter() - start
-        record = {"event": "end", "iter": self.backend.iter, "reason": stop_reason, **val,
-                  "time": seconds, "model": model.name}
-        with open(log_path, "a") as log:
-            log.write(json.dumps(record) + "\n")
-        history.append(record)
-        try:
-            from .visualize import plot_loss_curve
-            plot_loss_curve(history, self.out / "loss.png")
-        except (OSError, ValueError):
-            pass
-        try:
-            from .visualize import plot_validation_curve
-            plot_validation_curve(history, self.out / "validation.png")
-        except (OSError, ValueError):
-            pass
+        val = self.validate(self.test_set) if not failed and stop_reason != "interrupted" else {"val_loss": None}
+        seconds = time.perf_counter() - run.start
+        with open(run.log_path, "a") as log:
+            run.log = log
+            run.record({"event": "end", "iter": self.backend.iter, "reason": stop_reason, **val, "time": seconds,
+                        "model": model.name})
+        self._plot(run.history)
         summary = "validation skipped" if stop_reason == "interrupted" else _describe(val)
         self.say(f"stopped after {self.backend.iter} iterations ({stop_reason}), {seconds:.0f} s; "
                  f"{summary}; wrote {model} and {state}")
         if failed:
             raise TrainingError(f"training stopped: {stop_reason}; the last good weights are in {model}")
-        return TrainResult(self.backend.iter, seconds, stop_reason, model, state, train_loss, val["val_loss"],
-                           log_path, history, {k: v for k, v in val.items() if k != "val_loss"})
+        return TrainResult(self.backend.iter, seconds, stop_reason, model, state, run.train_loss, val["val_loss"],
+                           run.log_path, run.history, {k: v for k, v in val.items() if k != "val_loss"})
+
+    def _plot(self, history: list[dict]) -> None:
+        from .visualize import plot_loss_curve, plot_validation_curve
+
+        for plot, name in ((plot_loss_curve, "loss.png"), (plot_validation_curve, "validation.png")):
+            try:
+                plot(history, self.out / name)
+            except (OSError, ValueError):
+                pass
+
+
+@dataclass
+class _Run:
+    """The state of one training loop."""
+    log_path: Path
+    start: float
+    first_iter: int
+    max_iter: int | None
+    display: int
+    deadline: float = 0.0
+    bar: object = None
+    log: object = None
+    history: list = field(default_factory=list)
+    recent: list = field(default_factory=list)
+    order: np.ndarray | None = None
+    order_epoch: int = -1
+    last_snapshot: tuple[Path, Path] | None = None
+    train_loss: float = float("nan")
+
+    def record(self, entry: dict) -> None:
+        """Append ``entry`` to the JSON-lines log (flushed) and the history."""
+        self.log.write(json.dumps(entry) + "\n")
+        self.log.flush()
+        self.history.append(entry)
 
 
 class _TorchBackend:
@@ -368,71 +385,6 @@ class _TorchBackend:
 
     def restore(self, state):
         self.solver.restore(state)
-
-
-class _CaffeBackend:
-    """Steps on real Caffe: pycaffe's own solver, fed blob by blob (CPU)."""
-
-    #: Caffe applies the update before the loss can be checked.
-    keeps_weights_on_nan = False
-
-    def __init__(self, trainer: Trainer, net_path: Path):
-        from .caffe_engine import import_caffe
-        caffe = import_caffe()
-        param = formats.caffe_pb2.SolverParameter()
-        param.CopyFrom(trainer.solver_param)
-        param.ClearField("train_net")
-        param.net = str(Path(net_path).resolve())  # Caffe resolves paths from the working directory
-        param.snapshot_prefix = str(trainer.prefix.resolve())
-        param.snapshot = 0  # snapshots are taken by the loop
-        param.solver_mode = formats.caffe_pb2.SolverParameter.CPU
-        path = trainer.out / "caffe_solver.prototxt"
-        formats.write_prototxt(path, param)
-        self.loss_tops = trainer.loss_tops
-        self.solver = caffe.get_solver(str(path))
-        if trainer.config.weights and not trainer.config.resume:
-            weights = trainer.config.weights
-            if formats.is_safetensors(weights):  # pycaffe reads only .caffemodels
-                from .caffe_engine import set_params
-                set_params(self.solver.net, formats.read_weights(weights)[0])
-            else:
-                self.solver.net.copy_from(str(weights))
-
-    @property
-    def iter(self) -> int:
-        return int(self.solver.iter)
-
-    def _set(self, feeds) -> None:
-        for name, value in feeds.items():
-            self.solver.net.blobs[name].data[...] = value.detach().float().cpu().numpy()
-
-    def step(self, feeds) -> float:
-        self._set(feeds)
-        self.solver.step(1)
-        loss = self._weighted(self.solver.net.blobs)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at iteration {self.iter - 1}")
-        return loss
-
-    def loss(self, feeds) -> float:
-        self._set(feeds)
-        self.solver.net.forward()
-        return self._weighted(self.solver.net.blobs)
-
-    def evaluate(self, feeds, map_blob: str) -> tuple[float, np.ndarray]:
-        loss = self.loss(feeds)
-        data = self.solver.net.blobs[map_blob].data
-        return loss, np.array(data, dtype=np.float32).reshape(data.shape[-2:])
-
-    def _weighted(self, blobs) -> float:
-        return sum(w * float(np.sum(blobs[name].data)) for name, w in self.loss_tops.items())
-
-    def snapshot(self, prefix):
-        self.solver.snapshot()  # Caffe names them <prefix>_iter_N.caffemodel / .solverstate
-        return (Path(f"{prefix}_iter_{self.iter}.caffemodel"), Path(f"{prefix}_iter_{self.iter}.solverstate"))
-
-    def restore(self, state):
-        self.solver.restore(str(state))
 
 
 def _describe(val: dict) -> str:

@@ -8,7 +8,6 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-
 #: Row bands of at most this many pixels keep whole-image float temporaries
 #: out of the pictures of huge images.
 _BAND_PIXELS = 1 << 22

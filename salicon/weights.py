@@ -1,17 +1,14 @@
 """Initial weights: the SALICON net from ImageNet VGG-16 convolution layers."""
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Union
 
 from . import formats
 from .engine import Net
 from .errors import FormatError
-from .model import prototxt_path
-
-PathLike = Union[str, os.PathLike]
+from .pretrained import prototxt_path
+from .types import PathLike
 
 #: VGG-16's convolution layers, named as in the Caffe Model Zoo file.
 VGG16_CONV_LAYERS = tuple(f"conv{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))

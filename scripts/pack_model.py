@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from salicon import formats  # noqa: E402
 from salicon.engine import Net  # noqa: E402
-from salicon.model import prototxt_path  # noqa: E402
 from salicon.preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE  # noqa: E402
+from salicon.pretrained import prototxt_path  # noqa: E402
 
 
 def read_source(source: Path) -> dict[str, list[np.ndarray]]:

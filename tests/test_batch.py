@@ -17,8 +17,10 @@ import pytest
 from PIL import Image
 
 from salicon import cli
-from salicon.batch import Item, OutputSpec, list_inputs, predict_on_ray
+from salicon.batch import predict_on_ray
+from salicon.inputs import Item, list_inputs
 from salicon.model import Salicon
+from salicon.outputs import OutputSpec
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install -e '.[ray]'")

@@ -158,7 +158,7 @@ def test_predict_all_failed_says_so_and_creates_no_folder(tmp_path, small_model,
 
 
 def test_no_model_message_speaks_cli(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr("salicon.model.default_model_path", lambda: tmp_path / "absent.safetensors")
+    monkeypatch.setattr("salicon.pretrained.default_model_path", lambda: tmp_path / "absent.safetensors")
     Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
     assert main(["predict", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "-q"]) == 1
     err = capsys.readouterr().err
@@ -180,7 +180,7 @@ def test_huge_images_are_refused_with_the_projects_own_message(tmp_path, small_m
     # a lower limit refuses smaller images too
     assert main(["predict", str(good), "-o", str(out), "--model", str(small_model), "--prototxt",
                  str(small_prototxt), "--device", "cpu", "-q", "--max-pixels", "1000"]) == 1
-    assert "40x30 pixels (0.0 megapixels) exceeds the limit of 0.0 megapixels" in capsys.readouterr().err
+    assert "40x30 pixels (1200 pixels) exceeds the limit of 1000 pixels" in capsys.readouterr().err
 
 
 def _png_header_only(path, width, height):

@@ -13,11 +13,10 @@ from salicon import Salicon
 from salicon.cli import main
 from salicon.engine import Net
 from salicon.export import export_caffemodel, export_onnx, load_test_net
-from salicon.model import default_model_path
+from salicon.pretrained import default_model_path
 
 from .conftest import ROOT
 from .test_caffe_engine import needs_caffe, needs_caffe_memory
-
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
 

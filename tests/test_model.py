@@ -148,7 +148,7 @@ def test_configuration_errors(small_model, small_prototxt, small_train_prototxt,
         Salicon(small_model, small_train_prototxt, device="cpu")
     with pytest.raises(ValueError, match="resize"):
         Salicon(small_model, small_prototxt, resize="lanczos")
-    monkeypatch.setattr("salicon.model.default_model_path", lambda: PROTOTXT / "absent.caffemodel")
+    monkeypatch.setattr("salicon.pretrained.default_model_path", lambda: PROTOTXT / "absent.caffemodel")
     with pytest.raises(SaliconError, match="shipped pretrained model is missing"):
         Salicon(prototxtpath=small_prototxt)
 
@@ -178,7 +178,7 @@ needs_parts = pytest.mark.skipif(not (SHIPPED_PARTS / "model_part0.npz").exists(
 
 
 def test_shipped_model_is_the_default(small_prototxt):
-    from salicon.model import default_model_path
+    from salicon.pretrained import default_model_path
     model = Salicon(prototxtpath=small_prototxt, device="cpu")
     assert model.model_path == default_model_path() and model.model_path.suffix == ".safetensors"
     assert model.input_scale == pytest.approx(1 / 255)  # from the file's metadata
@@ -211,7 +211,7 @@ def test_shipped_float16_weights_match_float32_weights(tmp_path):
 @needs_parts
 def test_shipped_weights_are_the_trained_float16_parts():
     from salicon import formats
-    from salicon.model import default_model_path
+    from salicon.pretrained import default_model_path
     shipped, metadata = formats.read_safetensors(default_model_path())
     parts = {}
     for part in sorted(SHIPPED_PARTS.glob("model_part*.npz")):
@@ -240,7 +240,7 @@ def test_shipped_model_reproduces_the_trained_models_raw_maps():
 
 @pytest.mark.slow
 def test_fast_prototxt_runs_the_shipped_weights_at_half_size():
-    from salicon.model import prototxt_path
+    from salicon.pretrained import prototxt_path
     fast = Salicon(prototxtpath=prototxt_path("salicon_fast.prototxt"), device="cpu", postprocess="none")
     assert fast.net.input_shapes == {"fine_scale": (1, 3, 600, 800), "coarse_scale": (1, 3, 300, 400)}
     image = str(PROTOTXT.parent / "examples" / "astronaut.jpg")
@@ -250,11 +250,3 @@ def test_fast_prototxt_runs_the_shipped_weights_at_half_size():
     quick = fast.compute_saliency(image)
     assert quick.shape == full.shape == (512, 512)
     assert np.corrcoef(quick.ravel(), full.ravel())[0, 1] > 0.6  # the same model seeing a smaller image
-
-
-def test_cpu_features_are_reported():
-    from salicon.model import cpu_features
-    features = cpu_features()
-    assert set(features) == {"model", "flags", "native_bf16", "torch_capability"}
-    assert isinstance(features["native_bf16"], bool)
-    assert features["native_bf16"] == bool({"avx512_bf16", "amx_bf16"} & set(features["flags"]))

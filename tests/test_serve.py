@@ -26,7 +26,7 @@ pytest.importorskip("multipart", reason="the web extra is not installed: pip ins
 pytest.importorskip("httpx", reason="httpx (test extra) is needed for FastAPI's test client")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from salicon.serve import create_app  # noqa: E402
+from salicon.webapp import create_app  # noqa: E402
 
 
 def _png(array: np.ndarray) -> bytes:

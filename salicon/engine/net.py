@@ -9,7 +9,6 @@ pair of live activations.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ from torch import nn
 from .. import formats
 from ..errors import FormatError, NetError
 from ..proto import caffe_pb2
+from ..types import PathLike
 from .layers import LAYER_TYPES, NATIVE_PYTHON_LAYERS, Layer, Shape
 from .pylayer import PythonLayer
 
-PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 #: Where Python layer modules are looked for besides sys.path.

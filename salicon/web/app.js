@@ -38,7 +38,9 @@ async function loadHealth() {
     $("model-info").textContent = describeHealth(health);
     const mb = (health.limits.max_upload_bytes / 1e6).toFixed(0);
     const mp = health.limits.max_pixels ? `${(health.limits.max_pixels / 1e6).toFixed(0)} megapixels` : "no pixel limit";
-    $("limits").textContent = `JPEG, PNG, BMP, GIF, TIFF or WebP; up to ${mb} MB and ${mp} per image.`;
+    const formats = health.formats || [];
+    const listed = formats.length > 1 ? `${formats.slice(0, -1).join(", ")} or ${formats[formats.length - 1]}` : formats.join("");
+    $("limits").textContent = `${listed}; up to ${mb} MB and ${mp} per image.`;
   } catch (e) {
     $("model-info").textContent = "The server does not answer: is salicon serve still running?";
   }

@@ -1,0 +1,31 @@
+"""What the benchmarks record about the machine they ran on."""
+from __future__ import annotations
+
+import platform
+
+
+def cpu_features() -> dict:
+    """The CPU's model name, its SIMD flags that matter for convolutions, whether
+    it computes bfloat16 natively (AVX512-BF16 or AMX) and PyTorch's view of it."""
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                if flags and model:
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_tile",
+              "amx_int8")
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # older PyTorch
+        capability = "unknown"
+    return {"model": model, "flags": [f for f in wanted if f in flags],
+            "native_bf16": bool({"avx512_bf16", "amx_bf16"} & flags), "torch_capability": capability}

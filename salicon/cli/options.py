@@ -1,0 +1,242 @@
+"""What the subcommands share: argument types, the model and post-processing
+options (defined once here), the help formatter, and ``Salicon`` built from
+the parsed arguments in one place."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+import numpy as np
+
+from ..image import DEFAULT_MAX_PIXELS
+
+INPUT_SCALES = {"published": 1.0 / 255.0, "vgg": 1.0}
+#: Marker for --fast, turned into the shipped salicon_fast.prototxt's path when used.
+FAST_PROTOTXT = "salicon_fast.prototxt"
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def error(message: str) -> None:
+    """Print ``salicon: error: MESSAGE`` on stderr (on a line of its own)."""
+    print(f"salicon: error: {message}", file=sys.stderr)
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """'1 image', '2 images'."""
+    return f"{count} {noun if count == 1 else (plural_form or noun + 's')}"
+
+
+# ------------------------------------------------------------------- types
+
+
+def whole_number(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number in [minimum, maximum]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
+        return value
+    return parse
+
+
+positive_int = whole_number(1)
+non_negative_int = whole_number(0)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def duration(text: str) -> float:
+    """'9000', '90s', '45m', '2.5h' -> seconds (positive)."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 9000, 90s, 45m, 2.5h)") from None
+    if not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"the duration must be positive, got {text!r}")
+    return value
+
+
+def max_pixels(text: str) -> int | None:
+    """'none', a pixel count, or megapixels with an M suffix ('250M'); 0 is an error."""
+    text = text.strip()
+    if text.lower() in ("none", "unlimited"):
+        return None
+    try:
+        value = float(text[:-1]) * 1e6 if text[-1:].lower() == "m" else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel count, megapixels like 250M, or 'none'; "
+                                         f"got {text!r}") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 pixel, got {text} ('none' lifts the limit)")
+    return int(value)
+
+
+def pixels_text(count: int) -> str:
+    """A pixel limit as the help texts write it: '50000000 (50M)'."""
+    return f"{count} ({count / 1e6:.0f}M)"
+
+
+def input_scale(text: str) -> float:
+    if text in INPUT_SCALES:
+        return INPUT_SCALES[text]
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid input scale {text!r}: 'published', 'vgg' or a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"input scale must be positive, not {text}")
+    return value
+
+
+def device(text: str) -> str:
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"invalid device {text!r}; use auto, cpu, cuda or cuda:N")
+    return text
+
+
+def postprocess_spec(text: str) -> str:
+    """A post-processing specification checked for its syntax and values; what it
+    refers to in the model ('default', 'prior=learned') is resolved when the model loads."""
+    from ..postprocess import (
+        CenterPrior,
+        PostProcess,
+        PostProcessError,
+        parse_postprocess,
+    )
+
+    try:  # a stand-in for the model's learned prior and recorded default
+        parse_postprocess(text, CenterPrior(), PostProcess(name="default"))
+    except PostProcessError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+# ----------------------------------------------------------------- options
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one worth showing (not None, not a
+    flag's False; 0 is shown) and the help text does not already describe it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS \
+                or "default:" in help_text:
+            return help_text
+        return super()._get_help_string(action)
+
+
+def add_out(p: argparse.ArgumentParser, metavar: str, what: str, required: bool = True,
+            default: str | None = None) -> None:
+    """-o/--out, the output of every subcommand (--output is kept as an alias)."""
+    p.add_argument("-o", "--out", "--output", dest="out", required=required, default=default, metavar=metavar,
+                   help=what)
+
+
+def add_model(p: argparse.ArgumentParser, fast: bool = True) -> None:
+    """--model and --prototxt (with its shorthand --fast)."""
+    p.add_argument("--model", help="trained weights, .caffemodel or .safetensors "
+                                   "(default: the shipped pretrained model, SALICON trained on OSIE)")
+    if not fast:
+        p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+        return
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
+    group.add_argument("--fast", dest="prototxt", action="store_const", const=FAST_PROTOTXT,
+                       help="half the input sizes (600x800 / 300x400, prototxt/salicon_fast.prototxt): "
+                            "about 4x less arithmetic but less accurate maps with the shipped model "
+                            "(OSIE test NSS 2.02 against 2.71; see the README)")
+
+
+def add_engine(p: argparse.ArgumentParser, engine_help: str) -> None:
+    """--device, --engine, --precision and --input-scale."""
+    p.add_argument("--device", default="auto", type=device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--engine", default="auto", choices=["auto", "pytorch", "caffe"], help=engine_help)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="numerics: fp32 (exact), tf32 or bf16 autocast (faster on GPUs)")
+    p.add_argument("--input-scale", type=input_scale,
+                   help="factor after mean subtraction: 'published' (1/255, for the published weights), "
+                        "'vgg' (1) or a number (default: the model file's own convention, else 'published')")
+
+
+POSTPROCESS_HELP = ("'default' (the model's recorded post-processing: the shipped model's centre prior), "
+                    "'none' (the published output) or key=value pairs, e.g. "
+                    "'blur=0.02,prior=learned,weight=1,normalize=probability' (see the README)")
+
+
+def add_postprocess(p: argparse.ArgumentParser, repeat: bool = False, extra: str = "") -> None:
+    """--postprocess SPEC (repeatable where several configurations are scored)."""
+    if repeat:
+        p.add_argument("--postprocess", action="append", metavar="SPEC", type=postprocess_spec,
+                       help=POSTPROCESS_HELP + "; repeat it to score several configurations from one forward "
+                                               "pass (default: 'default')" + extra)
+    else:
+        p.add_argument("--postprocess", default="default", metavar="SPEC", type=postprocess_spec,
+                       help=POSTPROCESS_HELP + extra)
+
+
+def add_max_pixels(p: argparse.ArgumentParser, default: int, why: str) -> None:
+    p.add_argument("--max-pixels", type=max_pixels, default=default,
+                   help=f"refuse images with more pixels than this: a count, megapixels like 250M, or 'none' "
+                        f"(default: {pixels_text(default)}, {why})")
+
+
+def add_quiet(p: argparse.ArgumentParser, what: str = "no progress bar") -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help=what)
+
+
+# ------------------------------------------------------------------- model
+
+
+def prototxt_arg(args: argparse.Namespace) -> str | None:
+    """The --prototxt path, with --fast turned into the shipped fast prototxt."""
+    if args.prototxt == FAST_PROTOTXT:
+        from ..pretrained import prototxt_path
+        return str(prototxt_path(FAST_PROTOTXT))
+    return args.prototxt
+
+
+def build_salicon(args: argparse.Namespace, **overrides):
+    """The ``Salicon`` the arguments describe (--model, --prototxt/--fast,
+    --device, --engine, --precision, --input-scale and, where the subcommand has
+    them, --resize, --max-pixels, --postprocess); ``overrides`` win."""
+    from ..model import Salicon
+
+    options = {"device": args.device, "engine": args.engine, "precision": args.precision,
+               "input_scale": args.input_scale}
+    for name in ("resize", "max_pixels", "postprocess"):
+        if hasattr(args, name):
+            options[name] = getattr(args, name)
+    options.update(overrides)
+    return Salicon(args.model, prototxt_arg(args), **options)
+
+
+def model_problem(exc: Exception) -> int:
+    """Report a model that cannot be built (a bad file, or a post-processing this
+    model cannot give: its syntax was checked with the arguments); exit status 1."""
+    from ..postprocess import PostProcessError
+
+    error(f"--postprocess: {exc}" if isinstance(exc, PostProcessError) else str(exc))
+    return 1
+
+
+__all__ = ["HelpFormatter", "build_salicon", "model_problem", "error", "plural", "add_out", "add_model",
+           "add_engine", "add_postprocess", "add_max_pixels", "add_quiet", "prototxt_arg", "positive_int",
+           "non_negative_int", "positive_float", "whole_number", "duration", "max_pixels", "input_scale",
+           "device", "postprocess_spec", "DEFAULT_MAX_PIXELS", "INPUT_SCALES", "FAST_PROTOTXT"]

@@ -1,0 +1,217 @@
+"""``salicon predict``: a saliency map for each image, in this process or as a Ray job."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from ..errors import SaliconError
+from ..image import DEFAULT_MAX_PIXELS, load_image
+from ..inputs import Item, is_uri, list_inputs
+from ..outputs import (STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder, find_clashes,
+                       remove_empty_folders, write_map)
+from .options import (HelpFormatter, add_engine, add_max_pixels, add_model, add_out, add_postprocess, add_quiet,
+                      build_salicon, error, model_problem, plural, positive_int, prototxt_arg)
+
+#: What --ray accepts as a cluster address (anything else after --ray is an input).
+RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+)$")
+#: Options of --ray jobs only, with their defaults.
+_RAY_ONLY = {"actors": None, "store": "png", "parquet_map": "png"}
+
+
+def unit_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="write a saliency map for each image",
+                       description="Write a saliency map PNG (8-bit, the image's size) for each image. "
+                                   "Inputs are image files, folders (their image files), globs and "
+                                   ".txt/.csv/.parquet lists of paths. A file that fails is reported and "
+                                   "skipped; the exit status is 1 if any failed.",
+                       formatter_class=HelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, folders, globs or list files")
+    add_out(p, "OUTDIR", "folder for the maps")
+    add_model(p)
+    add_engine(p, "pytorch (auto) or real Caffe through pycaffe (CPU; scripts/install_caffe.sh)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
+    add_max_pixels(p, DEFAULT_MAX_PIXELS, "PIL's own limit")
+    p.add_argument("--resize", default="spline", choices=["spline", "scipy", "bilinear"],
+                   help="resize method (spline = the published cubic zoom, computed fast)")
+    add_postprocess(p)
+    p.add_argument("--npy", action="store_true", help="also write the float32 map as .npy")
+    p.add_argument("--overlay", action="store_true", help="also write a heatmap over the image (_overlay.png)")
+    p.add_argument("--threshold", type=unit_fraction, metavar="T",
+                   help="zero map values below T (0..1) for crisper maps")
+    p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    add_quiet(p, "no progress bar or summary")
+    _add_ray_options(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_ray_options(p: argparse.ArgumentParser) -> None:
+    ray = p.add_argument_group("many images on Ray (pip install -e \".[ray]\"; see the README's 'Many images')")
+    ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="run as a Ray Data job: decode on CPU workers, the net in actors, outputs written by "
+                          "the workers, finished images skipped on a rerun, OUT/manifest.csv. Without ADDRESS a "
+                          "local Ray instance; 'auto' or ray://HOST:10001 joins a cluster. Inputs may also be "
+                          "URIs (s3://, gs://, file://)")
+    ray.add_argument("--actors", type=positive_int,
+                     help="net actors (default: one per GPU of the cluster, else one CPU actor)")
+    ray.add_argument("--store", default="png", choices=list(STORES),
+                     help="PNG maps mirroring the input tree, Parquet shards (OUT/shards/), or both")
+    ray.add_argument("--parquet-map", default="png", choices=["png", "float16"],
+                     help="map column of the shards: 8-bit PNG bytes or float16 (height x width, row-major)")
+
+
+def _spec(args: argparse.Namespace) -> OutputSpec:
+    return OutputSpec(store=args.store, npy=args.npy, overlay=args.overlay, threshold=args.threshold,
+                      parquet_map=args.parquet_map)
+
+
+def _prepare(args: argparse.Namespace, spec: OutputSpec, local_only: bool) -> tuple[list[Item], int, list] | int:
+    """The inputs, the number of inputs that name no image and the output folders
+    created, after every check that needs no model: inputs, the output folder,
+    outputs that would overwrite inputs. An exit status instead when the job
+    cannot start."""
+    items, problems = list_inputs(args.inputs, args.recursive)
+    if local_only:
+        remote = [it for it in items if is_uri(it.source)]
+        problems += [f"{it.source}: URIs are read by --ray jobs; download the file or add --ray" for it in remote]
+        items = [it for it in items if not is_uri(it.source)]
+    for problem in problems:
+        error(problem)
+    if not items:
+        error("no images to process")
+        return 1
+    clashes = find_clashes(items, args.out, spec)
+    if clashes:
+        error(f"output {clashes[0][1]} would overwrite the input image {clashes[0][0]}"
+              + (f" (and {plural(len(clashes) - 1, 'other')})" if len(clashes) > 1 else "")
+              + "; choose another -o")
+        return 1
+    try:
+        created = [] if is_uri(args.out) else check_output_folder(args.out)
+    except OutputError as exc:
+        error(str(exc))
+        return 1
+    return items, len(problems), created
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        return _predict_on_ray(args)
+    for name, default in _RAY_ONLY.items():
+        if getattr(args, name) != default:
+            error(f"--{name.replace('_', '-')} applies to --ray jobs only")
+            return 2
+    spec = _spec(args)
+    prepared = _prepare(args, spec, local_only=True)
+    if isinstance(prepared, int):
+        return prepared
+    items, not_found, created = prepared
+    try:
+        model = build_salicon(args)
+    except (SaliconError, ValueError) as exc:
+        remove_empty_folders(created)
+        return model_problem(exc)
+    counts = WriteCounts(spec.kinds(), failed=not_found)
+    _run(model, items, args, spec, counts)
+    if not any(counts.written.values()):
+        remove_empty_folders(created)
+    if not args.quiet:
+        print(counts.summary(args.out), file=sys.stderr)
+    return 1 if counts.failed else 0
+
+
+def _run(model, items: list[Item], args: argparse.Namespace, spec: OutputSpec, counts: WriteCounts) -> None:
+    """Maps computed in order while a writer pool encodes and writes the files."""
+    from tqdm import tqdm
+
+    store = OutputStore(args.out)
+    bar = tqdm(total=len(items), unit="img", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+
+    def report(source: str, message: str) -> None:
+        bar.write(f"salicon: error: {message if source in message else f'{source}: {message}'}", file=sys.stderr)
+
+    def image_of(source: str) -> Callable:
+        return lambda: load_image(source, as_float=False, max_pixels=args.max_pixels)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as writer:
+        pending: deque = deque()
+
+        def collect(block: bool) -> None:
+            while pending and (block or pending[0][1].done()):
+                source, future = pending.popleft()
+                result = future.result()
+                counts.add(result)
+                if not result.ok:
+                    report(source, result.message())
+
+        for index, result in model.iter_saliency([it.source for it in items], batch_size=args.batch_size):
+            item = items[index]
+            bar.update(1)
+            if isinstance(result, Exception):
+                counts.add(None)
+                report(item.source, str(result))
+                continue
+            pending.append((item.source, writer.submit(write_map, store, item.stem, result, spec,
+                                                       image_of(item.source))))
+            collect(block=len(pending) > 8)
+        collect(block=True)
+    bar.close()
+
+
+def _predict_on_ray(args: argparse.Namespace) -> int:
+    from ..batch import RayOptions, predict_on_ray, ray_dependencies_missing, use_token_auth
+
+    address = None if args.ray == "local" else args.ray
+    use_token_auth(address)  # before Ray is imported
+    missing = ray_dependencies_missing()
+    if missing:
+        error(missing)
+        return 1
+    if args.engine == "caffe":
+        error("--ray runs the PyTorch engine; --engine caffe is for single-process predict")
+        return 2
+    spec = _spec(args)
+    prepared = _prepare(args, spec, local_only=False)
+    if isinstance(prepared, int):
+        return prepared
+    items, not_found, created = prepared
+    options = RayOptions(model_path=args.model, prototxt=prototxt_arg(args), address=address, actors=args.actors,
+                         batch_size=args.batch_size, device=args.device, precision=args.precision,
+                         input_scale=args.input_scale, resize=args.resize, postprocess=args.postprocess,
+                         max_pixels=args.max_pixels, progress=not args.quiet)
+    try:
+        report = predict_on_ray(items, args.out, options, spec=spec)
+    except (SaliconError, ValueError) as exc:
+        remove_empty_folders(created)
+        return model_problem(exc)
+    if not args.quiet:
+        line = (f"{report.written} written, {report.skipped} already done, {len(report.failed)} failed "
+                f"of {plural(report.total, 'image')} in {report.seconds:.1f} s")
+        if report.actors:
+            line += f" ({report.actors} {report.device} actor(s))"
+        print(f"{line}; manifest: {args.out.rstrip('/')}/manifest.csv", file=sys.stderr)
+    return 1 if report.failed or not_found else 0
+
+
+def join_ray_address(argv: list[str], arg: str) -> bool:
+    """'--ray photos/' -> '--ray=local photos/': only a cluster address is --ray's value.
+    Rewrites the end of ``argv`` and says whether it did."""
+    if argv and argv[-1] == "--ray" and not arg.startswith("-") and not RAY_ADDRESS.match(arg):
+        argv[-1] = "--ray=local"
+        argv.append(arg)
+        return True
+    return False
