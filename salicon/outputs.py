@@ -307,11 +307,7 @@ class WriteCounts:
 def _count(n: int, kind: str) -> str:
     """'1 saliency map', '2 overlays', '3 .npy', '1 input'."""
     word = {"map": "saliency map", "npy": ".npy", "overlay": "overlay", "input": "input"}[kind]
-    if kind == "input":
-        word = "input(s)" if n != 1 else "input"
-    elif kind != "npy" and n != 1:
-        word += "s"
-    return f"{n} {word}"
+    return f"{n} {word}" if n == 1 or kind == "npy" else f"{n} {word}s"
 
 
 # ------------------------------------------------------- Parquet, manifest

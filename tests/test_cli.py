@@ -242,3 +242,143 @@ def test_large_image_memory_stays_near_the_images_own_size(tmp_path, small_model
     assert extra_mb < 20 * h * w / 2 ** 20, f"{extra_mb:.0f} MB above the bare process for {h * w / 1e6:.0f} MP"
     assert np.load(out / "big.npy").shape == (h, w)
     assert Image.open(out / "big_overlay.png").size == (w, h)
+
+
+# ------------------------------------------------- what a new user trips on
+
+
+def _no_model(monkeypatch):
+    monkeypatch.setattr("salicon.model.Salicon.__init__", lambda *a, **k: pytest.fail("the model was loaded"))
+
+
+def test_max_pixels_zero_is_an_error_and_none_lifts_the_limit(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "x.jpg", "-o", "out", "--max-pixels", "0"])
+    assert exit_info.value.code == 2
+    assert "--max-pixels: must be at least 1 pixel, got 0 ('none' lifts the limit)" in capsys.readouterr().err
+    from salicon.cli import build_parser
+    assert build_parser().parse_args(["predict", "x.jpg", "-o", "o", "--max-pixels", "none"]).max_pixels is None
+
+
+def test_a_file_that_is_not_safetensors_is_named_as_such(tmp_path, small_prototxt, capsys):
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    for name, data in (("notes.safetensors", b"these are my notes\n"), ("random.safetensors", bytes(range(256)) * 8)):
+        (tmp_path / name).write_bytes(data)
+        assert main(["predict", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / name),
+                     "--prototxt", str(small_prototxt), "-q"]) == 1
+        err = capsys.readouterr().err
+        assert f"{name}: not a safetensors file" in err and "caffemodel" not in err, err
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    _no_model(monkeypatch)
+    assert main(["predict", str(tmp_path / "a.png"), "-o", "/proc/salicon-maps", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "-o /proc/salicon-maps: cannot write outputs there" in err and "a.png" not in err
+
+
+def test_outputs_that_would_overwrite_inputs_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (20, 20)).save(pngs / name)
+    before = {p.name: p.read_bytes() for p in pngs.iterdir()}
+    _no_model(monkeypatch)
+    assert main(["predict", str(pngs), "-o", str(pngs), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "would overwrite the input image" in err and "(and 1 other)" in err and "choose another -o" in err
+    assert {p.name: p.read_bytes() for p in pngs.iterdir()} == before
+
+
+def test_a_full_disk_is_reported_per_output_kind(images, tmp_path, small_model, small_prototxt, monkeypatch,
+                                                 capsys):
+    import errno
+
+    from salicon import outputs
+    real = outputs.atomic_write_bytes
+
+    def full_for_overlays(path, data):
+        if str(path).endswith("_overlay.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+    monkeypatch.setattr(outputs, "atomic_write_bytes", full_for_overlays)
+    (images / "broken.png").unlink()
+    out = tmp_path / "out"
+    assert main(["predict", str(images), "-o", str(out), "--overlay", "--model", str(small_model), "--prototxt",
+                 str(small_prototxt), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write output" in err and "a_overlay.png (No space left on device)" in err
+    assert f"wrote 2 saliency maps to {out} (0 overlays); 2 failed" in err
+    assert "no saliency maps written" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+
+
+def test_one_output_option_everywhere_and_usage_errors_exit_2(capsys):
+    from salicon.cli import build_parser
+    parser = build_parser()
+    for argv in (["predict", "x.jpg"], ["train", "--data", "d"], ["evaluate", "--dataset", "d"],
+                 ["export-onnx"], ["export-caffemodel"], ["init-weights", "--vgg16", "v.caffemodel"]):
+        for option in ("-o", "--out", "--output"):
+            assert parser.parse_args([*argv, option, "target"]).out == "target", (argv, option)
+    cases = [(["predict", "x.jpg", "-o", "o", "--postprocess", "blur=-1"], "argument --postprocess: blur must be"),
+             (["predict", "x.jpg", "-o", "o", "--device", "tpu"], "argument --device: invalid device 'tpu'"),
+             (["evaluate", "--dataset", "d", "--postprocess", "prior=nonsense"], "argument --postprocess: unknown"),
+             (["serve", "--port", "0"], "argument --port: must be at least 1, got 0"),
+             (["serve", "--port", "70000"], "argument --port: must be at most 65535, got 70000")]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err, (argv, err)
+
+
+def test_help_shows_durations_seeds_and_pixel_limits_as_written(capsys):
+    texts = {}
+    for command in ("train", "evaluate", "predict", "serve"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        texts[command] = " ".join(capsys.readouterr().out.split())
+    assert "(default: 2.5h)" in texts["train"] and "9000" not in texts["train"]
+    assert "seed of the split, the image order and fillers (default: 0)" in texts["train"]
+    assert "(default: 0)" in texts["evaluate"]
+    assert "(default: 178956970 (179M), PIL's own limit)" in texts["predict"]
+    assert "(default: 50000000 (50M), the server's limit)" in texts["serve"]
+    assert ".caffemodel or .safetensors" in texts["train"]
+
+
+def test_an_empty_file_is_called_empty(tmp_path, small_model, small_prototxt, capsys):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert _predict([tmp_path / "empty.jpg", "-o", tmp_path / "o"], small_model, small_prototxt) == 1
+    assert "empty.jpg: the file is empty (0 bytes), not an image" in capsys.readouterr().err
+
+
+def test_counts_are_singular_for_one(tmp_path, small_model, small_prototxt, capsys):
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(small_model),
+                 "--prototxt", str(small_prototxt), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"wrote 1 saliency map to {tmp_path / 'o'}" in err and "map(s)" not in err
+
+
+def test_ctrl_c_message_starts_on_its_own_line(monkeypatch, capsys):
+    """The progress bar leaves its line open: the message must not be glued to it."""
+    from salicon import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    parser = cli.build_parser()
+    parser._subparsers._group_actions[0].choices["predict"].set_defaults(func=interrupted)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    assert cli.main(["predict", "x.jpg", "-o", "o"]) == 130
+    assert capsys.readouterr().err == "\nsalicon: error: interrupted\n"
+
+
+def test_api_client_says_in_one_line_that_no_server_answers():
+    from .test_serve import _free_port
+    from .conftest import ROOT
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "api_client.py"), "x.jpg", "--url",
+                             f"http://127.0.0.1:{_free_port()}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "no salicon server answers" in result.stderr

@@ -4,6 +4,7 @@ limits and error messages, the one-net worker and the result cache, and the
 from __future__ import annotations
 
 import io
+import re
 import socket
 import subprocess
 import sys
@@ -202,6 +203,21 @@ def test_page_and_its_assets(client):
     for name in ("app.js", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200
     assert client.get("/static/..%2Fserve.py").status_code == 404
+
+
+def test_api_documentation_is_served_from_local_files(client):
+    """/docs and /redoc draw on files the package serves itself: they work without internet."""
+    from salicon.image import IMAGE_FORMATS
+
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = client.get(page)
+        assert html.status_code == 200 and asset in html.text
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: ?["']([^"']+)["']""", html.text)
+        assert urls and all(u.startswith("/") for pair in urls for u in pair if u), urls  # nothing from a CDN
+        script = next(u for pair in urls for u in pair if u.endswith(asset))
+        assert client.get(script).status_code == 200
+    assert client.get("/openapi.json").json()["paths"]["/api/saliency"]["post"]
+    assert client.get("/api/health").json()["formats"] == list(IMAGE_FORMATS)
 
 
 # ------------------------------------------------- worker and cache

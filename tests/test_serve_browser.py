@@ -48,7 +48,7 @@ def browser():
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         _require(False, "selenium is not installed (pip install -e '.[test]')")
-    for module in ("fastapi", "uvicorn", "multipart"):
+    for module in ("fastapi", "uvicorn", "multipart", "fastapi_offline"):
         try:
             __import__(module)
         except ImportError:
@@ -153,4 +153,29 @@ def test_page_in_a_real_browser(browser, server_url, tmp_path):
     assert d.find_element(By.ID, "result").get_attribute("data-name") == "astronaut.jpg"
     d.save_screenshot(str(ARTIFACTS / "serve_page_error.png"))
     assert httpx.get(f"{server_url}/api/health", timeout=10).json()["status"] == "ok"
+
+    # The page names the formats the server decodes (its own list, from /api/health).
+    from salicon.image import IMAGE_FORMATS
+    limits = d.find_element(By.ID, "limits").text
+    assert all(f in limits for f in IMAGE_FORMATS), limits
+
+
+@pytest.mark.slow
+def test_api_documentation_works_offline(browser, server_url):
+    """The page's "API documentation" link: Swagger UI drawn from the server's own files."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    d = browser
+    d.get(server_url)
+    d.find_element(By.LINK_TEXT, "API documentation").click()
+    wait = WebDriverWait(d, 60)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"))
+    assert "SALICON saliency" in d.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    paths = {e.text.replace("\u200b", "") for e in d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert "/api/saliency" in paths and "/api/health" in paths
+    loaded = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    assert loaded and all(url.startswith(server_url) for url in loaded), loaded  # nothing from the internet
+    d.save_screenshot(str(ARTIFACTS / "serve_docs.png"))
     time.sleep(0.1)
