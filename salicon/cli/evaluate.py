@@ -1,4 +1,11 @@
-"""``salicon evaluate``: a model (or precomputed maps) scored on eye-tracking data."""
+"""``salicon evaluate``: a model (or precomputed maps) scored on eye-tracking data.
+
+Score a model (or precomputed maps) with the standard saliency metrics (MIT
+benchmark conventions), next to a centre-bias Gaussian and the
+inter-observer bound (each subject predicted from the others) where the data
+has per-subject fixations. Writes OUT/per_image.csv and OUT/summary.json and
+prints mean ± std.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,18 +14,12 @@ from pathlib import Path
 
 from ..errors import SaliconError
 from ..metrics import METRICS
-from .options import (HelpFormatter, add_engine, add_model, add_out, add_postprocess, add_quiet, build_salicon, error,
-                      model_problem, positive_int)
+from .options import (add_engine, add_model, add_out, add_postprocess, add_quiet, build_salicon, error, model_problem,
+                      positive_int, subcommand)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="score saliency maps on eye-tracking data, with baselines",
-                       description="Score a model (or precomputed maps) with the standard saliency metrics "
-                                   "(MIT benchmark conventions), next to a centre-bias Gaussian and the "
-                                   "inter-observer bound (each subject predicted from the others) where the data "
-                                   "has per-subject fixations. Writes OUT/per_image.csv and OUT/summary.json "
-                                   "and prints mean ± std.",
-                       formatter_class=HelpFormatter)
+    p = subcommand(sub, "evaluate", "score saliency maps on eye-tracking data, with baselines", __doc__)
     p.add_argument("--dataset", required=True,
                    help="KIND:PATH with KIND osie, folder, mit1003, cat2000 or salicon (or a bare path)")
     add_model(p)

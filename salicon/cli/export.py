@@ -5,26 +5,24 @@ import argparse
 from pathlib import Path
 
 from ..errors import SaliconError
-from .options import HelpFormatter, add_model, add_out, error
+from .options import add_model, add_out, error, subcommand
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("export-caffemodel", help="write the model as a float32 .caffemodel for real Caffe",
-                       description="Write OUT/<name>.caffemodel (float32, current Caffe layout), the test "
-                                   "prototxt and the Python layer modules it needs, so real Caffe runs the "
-                                   "model with the same maps as this package.",
-                       formatter_class=HelpFormatter)
+    p = subcommand(sub, "export-caffemodel", "write the model as a float32 .caffemodel for real Caffe",
+                   "Write OUT/<name>.caffemodel (float32, current Caffe layout), the test "
+                   "prototxt and the Python layer modules it needs, so real Caffe runs the "
+                   "model with the same maps as this package.")
     add_out(p, "OUTDIR", "folder to write")
     add_model(p, fast=False)
     p.add_argument("--name", help="file name stem of the .caffemodel (default: the model's)")
     p.set_defaults(func=cmd_export_caffemodel)
 
-    p = sub.add_parser("export-onnx", help="write the model as an ONNX graph (onnxruntime, TensorRT, ...)",
-                       description="Write the test net with its weights as ONNX (float32; inputs fine_scale "
-                                   "and coarse_scale at the prototxt's sizes, dynamic batch; output "
-                                   "saliency_map_out, the raw 38x50 map). Inputs are the preprocessed blobs: "
-                                   "BGR, mean-subtracted, times the input scale (stored in the file's metadata).",
-                       formatter_class=HelpFormatter)
+    p = subcommand(sub, "export-onnx", "write the model as an ONNX graph (onnxruntime, TensorRT, ...)",
+                   "Write the test net with its weights as ONNX (float32; inputs fine_scale "
+                   "and coarse_scale at the prototxt's sizes, dynamic batch; output "
+                   "saliency_map_out, the raw 38x50 map). Inputs are the preprocessed blobs: "
+                   "BGR, mean-subtracted, times the input scale (stored in the file's metadata).")
     add_out(p, "MODEL.onnx", "file to write")
     add_model(p, fast=False)
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version (17 or newer)")
@@ -32,11 +30,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite OUT even if it is not an .onnx file")
     p.set_defaults(func=cmd_export_onnx)
 
-    p = sub.add_parser("init-weights", help="make an untrained model from VGG-16 conv weights",
-                       description="Copy VGG-16's conv1_1..conv5_3 into both streams of the SALICON net "
-                                   "(fc layers ignored) and initialise saliency_map from the prototxt's "
-                                   "fillers, seeded. Reads the legacy Model Zoo layout and the current one.",
-                       formatter_class=HelpFormatter)
+    p = subcommand(sub, "init-weights", "make an untrained model from VGG-16 conv weights",
+                   "Copy VGG-16's conv1_1..conv5_3 into both streams of the SALICON net "
+                   "(fc layers ignored) and initialise saliency_map from the prototxt's "
+                   "fillers, seeded. Reads the legacy Model Zoo layout and the current one.")
     p.add_argument("--vgg16", required=True, metavar="FILE.caffemodel", help="VGG-16 weights")
     add_out(p, "OUT.caffemodel", "file to write")
     p.add_argument("--prototxt", help="train net prototxt (default: prototxt/finetune_salicon.prototxt)")

@@ -113,12 +113,7 @@ def device(text: str) -> str:
 def postprocess_spec(text: str) -> str:
     """A post-processing specification checked for its syntax and values; what it
     refers to in the model ('default', 'prior=learned') is resolved when the model loads."""
-    from ..postprocess import (
-        CenterPrior,
-        PostProcess,
-        PostProcessError,
-        parse_postprocess,
-    )
+    from ..postprocess import CenterPrior, PostProcess, PostProcessError, parse_postprocess
 
     try:  # a stand-in for the model's learned prior and recorded default
         parse_postprocess(text, CenterPrior(), PostProcess(name="default"))
@@ -140,6 +135,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                 or "default:" in help_text:
             return help_text
         return super()._get_help_string(action)
+
+
+def subcommand(sub, name: str, summary: str, doc: str) -> argparse.ArgumentParser:
+    """A subcommand's parser: its one-line summary for ``salicon --help``; its
+    description for its own, the paragraphs of its module's docstring after the title."""
+    description = " ".join(doc.split("\n\n", 1)[-1].split())
+    return sub.add_parser(name, help=summary, description=description, formatter_class=HelpFormatter)
 
 
 def add_out(p: argparse.ArgumentParser, metavar: str, what: str, required: bool = True,
@@ -236,7 +238,7 @@ def model_problem(exc: Exception) -> int:
     return 1
 
 
-__all__ = ["HelpFormatter", "build_salicon", "model_problem", "error", "plural", "add_out", "add_model",
+__all__ = ["subcommand", "HelpFormatter", "build_salicon", "model_problem", "error", "plural", "add_out", "add_model",
            "add_engine", "add_postprocess", "add_max_pixels", "add_quiet", "prototxt_arg", "positive_int",
            "non_negative_int", "positive_float", "whole_number", "duration", "max_pixels", "input_scale",
            "device", "postprocess_spec", "DEFAULT_MAX_PIXELS", "INPUT_SCALES", "FAST_PROTOTXT"]

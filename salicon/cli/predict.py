@@ -1,4 +1,10 @@
-"""``salicon predict``: a saliency map for each image, in this process or as a Ray job."""
+"""``salicon predict``: a saliency map for each image, in this process or as a Ray job.
+
+Write a saliency map PNG (8-bit, the image's size) for each image. Inputs
+are image files, folders (their image files), globs and .txt/.csv/.parquet
+lists of paths. A file that fails is reported and skipped; the exit status
+is 1 if any failed.
+"""
 from __future__ import annotations
 
 import argparse
@@ -14,8 +20,8 @@ from ..image import DEFAULT_MAX_PIXELS, load_image
 from ..inputs import Item, is_uri, list_inputs
 from ..outputs import (STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder, find_clashes,
                        remove_empty_folders, write_map)
-from .options import (HelpFormatter, add_engine, add_max_pixels, add_model, add_out, add_postprocess, add_quiet,
-                      build_salicon, error, model_problem, plural, positive_int, prototxt_arg)
+from .options import (add_engine, add_max_pixels, add_model, add_out, add_postprocess, add_quiet, build_salicon, error,
+                      model_problem, plural, positive_int, prototxt_arg, subcommand)
 
 #: What --ray accepts as a cluster address (anything else after --ray is an input).
 RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+)$")
@@ -34,12 +40,7 @@ def unit_fraction(text: str) -> float:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="write a saliency map for each image",
-                       description="Write a saliency map PNG (8-bit, the image's size) for each image. "
-                                   "Inputs are image files, folders (their image files), globs and "
-                                   ".txt/.csv/.parquet lists of paths. A file that fails is reported and "
-                                   "skipped; the exit status is 1 if any failed.",
-                       formatter_class=HelpFormatter)
+    p = subcommand(sub, "predict", "write a saliency map for each image", __doc__)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, folders, globs or list files")
     add_out(p, "OUTDIR", "folder for the maps")
     add_model(p)
@@ -109,17 +110,28 @@ def _prepare(args: argparse.Namespace, spec: OutputSpec, local_only: bool) -> tu
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    if args.ray is not None:
-        return _predict_on_ray(args)
+    problem = _ray_problem(args) if args.ray is not None else _local_problem(args)
+    if problem is not None:
+        return problem
+    spec = _spec(args)
+    prepared = _prepare(args, spec, local_only=args.ray is None)
+    if isinstance(prepared, int):
+        return prepared
+    items, not_found, created = prepared
+    run = _predict_on_ray if args.ray is not None else _predict_here
+    return run(args, items, spec, not_found, created)
+
+
+def _local_problem(args: argparse.Namespace) -> int | None:
     for name, default in _RAY_ONLY.items():
         if getattr(args, name) != default:
             error(f"--{name.replace('_', '-')} applies to --ray jobs only")
             return 2
-    spec = _spec(args)
-    prepared = _prepare(args, spec, local_only=True)
-    if isinstance(prepared, int):
-        return prepared
-    items, not_found, created = prepared
+    return None
+
+
+def _predict_here(args: argparse.Namespace, items: list[Item], spec: OutputSpec, not_found: int,
+                  created: list) -> int:
     try:
         model = build_salicon(args)
     except (SaliconError, ValueError) as exc:
@@ -172,11 +184,10 @@ def _run(model, items: list[Item], args: argparse.Namespace, spec: OutputSpec, c
     bar.close()
 
 
-def _predict_on_ray(args: argparse.Namespace) -> int:
-    from ..batch import RayOptions, predict_on_ray, ray_dependencies_missing, use_token_auth
+def _ray_problem(args: argparse.Namespace) -> int | None:
+    from ..batch import ray_dependencies_missing, use_token_auth
 
-    address = None if args.ray == "local" else args.ray
-    use_token_auth(address)  # before Ray is imported
+    use_token_auth(_address(args))  # before Ray is imported
     missing = ray_dependencies_missing()
     if missing:
         error(missing)
@@ -184,15 +195,21 @@ def _predict_on_ray(args: argparse.Namespace) -> int:
     if args.engine == "caffe":
         error("--ray runs the PyTorch engine; --engine caffe is for single-process predict")
         return 2
-    spec = _spec(args)
-    prepared = _prepare(args, spec, local_only=False)
-    if isinstance(prepared, int):
-        return prepared
-    items, not_found, created = prepared
-    options = RayOptions(model_path=args.model, prototxt=prototxt_arg(args), address=address, actors=args.actors,
-                         batch_size=args.batch_size, device=args.device, precision=args.precision,
-                         input_scale=args.input_scale, resize=args.resize, postprocess=args.postprocess,
-                         max_pixels=args.max_pixels, progress=not args.quiet)
+    return None
+
+
+def _address(args: argparse.Namespace) -> str | None:
+    return None if args.ray == "local" else args.ray
+
+
+def _predict_on_ray(args: argparse.Namespace, items: list[Item], spec: OutputSpec, not_found: int,
+                    created: list) -> int:
+    from ..batch import RayOptions, predict_on_ray
+
+    options = RayOptions(model_path=args.model, prototxt=prototxt_arg(args), address=_address(args),
+                         actors=args.actors, batch_size=args.batch_size, device=args.device,
+                         precision=args.precision, input_scale=args.input_scale, resize=args.resize,
+                         postprocess=args.postprocess, max_pixels=args.max_pixels, progress=not args.quiet)
     try:
         report = predict_on_ray(items, args.out, options, spec=spec)
     except (SaliconError, ValueError) as exc:

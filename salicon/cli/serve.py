@@ -1,4 +1,10 @@
-"""``salicon serve``: the web page and the HTTP API on one model instance."""
+"""``salicon serve``: the web page and the HTTP API on one model instance.
+
+Serve a page (drop images, see the map and the heatmap, download them) and
+an HTTP API (POST /api/saliency, GET /api/health; documentation at /docs,
+served offline) on one model instance. Requests queue for the net: one
+forward pass at a time, batched on a GPU.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,17 +12,12 @@ import sys
 
 from ..errors import SaliconError
 from ..serve import DEFAULT_MAX_PIXELS
-from .options import (HelpFormatter, add_engine, add_max_pixels, add_model, add_postprocess, build_salicon, error,
-                      model_problem, positive_float, positive_int, whole_number)
+from .options import (add_engine, add_max_pixels, add_model, add_postprocess, build_salicon, error, model_problem,
+                      positive_float, positive_int, subcommand, whole_number)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="web page and HTTP API for saliency maps (pip install -e \".[web]\")",
-                       description="Serve a page (drop images, see the map and the heatmap, download them) and "
-                                   "an HTTP API (POST /api/saliency, GET /api/health; documentation at /docs, "
-                                   "served offline) on one model instance. Requests queue for the net: one "
-                                   "forward pass at a time, batched on a GPU.",
-                       formatter_class=HelpFormatter)
+    p = subcommand(sub, "serve", "web page and HTTP API for saliency maps (pip install -e \".[web]\")", __doc__)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=whole_number(1, 65535), default=7860, help="TCP port (1-65535)")
     add_model(p)

@@ -1,22 +1,23 @@
-"""``salicon train``: fine-tuning with Caffe's solver semantics."""
+"""``salicon train``: fine-tuning with Caffe's solver semantics.
+
+Fine-tune with Caffe's solver semantics: one solver step per image, a new
+random order every epoch, a seeded held-out split (OUT/split.json),
+snapshots (.caffemodel + .solverstate) at the solver's interval and at the
+end, a time limit, Ctrl-C stops cleanly with a snapshot. Writes
+OUT/log.jsonl and OUT/loss.png.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from ..errors import SaliconError
-from .options import (INPUT_SCALES, HelpFormatter, add_engine, add_out, add_quiet, duration, error, non_negative_int,
-                      positive_float, positive_int)
+from .options import (INPUT_SCALES, add_engine, add_out, add_quiet, duration, error, non_negative_int, positive_float,
+                      positive_int, subcommand)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune SALICON on eye-tracking data",
-                       description="Fine-tune with Caffe's solver semantics: one solver step per image, a new "
-                                   "random order every epoch, a seeded held-out split (OUT/split.json), "
-                                   "snapshots (.caffemodel + .solverstate) at the solver's interval and at the "
-                                   "end, a time limit, Ctrl-C stops cleanly with a snapshot. Writes "
-                                   "OUT/log.jsonl and OUT/loss.png.",
-                       formatter_class=HelpFormatter)
+    p = subcommand(sub, "train", "fine-tune SALICON on eye-tracking data", __doc__)
     p.add_argument("--data", required=True,
                    help="an OSIE folder (stimuli/ + fixations.mat), a folder with images/ and maps/, or an "
                         "image folder with --maps")

@@ -36,8 +36,8 @@ class Layer(nn.Module):
     is_input = False
     #: Layers whose tops count towards the objective with loss_weight 1.
     is_loss = False
-    #: Exact numbers of bottoms/tops (None: any).
-    n_bottoms: int | None = 1
+    #: Numbers of bottoms/tops: exact, (least, most) with most None for no limit, or None (any).
+    n_bottoms: int | tuple[int, int | None] | None = 1
     n_tops: int | None = 1
 
     def __init__(self, param: LayerParameter, bottom_shapes: Sequence[Shape], phase: int,
@@ -56,9 +56,24 @@ class Layer(nn.Module):
     def error(self, message: str) -> NetError:
         return NetError(self.name, self.type, message)
 
+    def check_bottoms_agree(self, param: LayerParameter, except_axis: int | None = None, hint: str = "") -> None:
+        """Every bottom has the first one's shape (on every axis but ``except_axis``)."""
+        first = self.bottom_shapes[0]
+        for name, shape in zip(param.bottom[1:], self.bottom_shapes[1:]):
+            if len(shape) != len(first) or any(a != b for i, (a, b) in enumerate(zip(shape, first))
+                                                if i != except_axis):
+                raise self.error(f"bottom '{name}' has shape {shape} but '{param.bottom[0]}' has shape {first}"
+                                 + hint)
+
     def _check_counts(self, param: LayerParameter) -> None:
-        if self.n_bottoms is not None and len(param.bottom) != self.n_bottoms:
-            raise self.error(f"needs {self.n_bottoms} bottom blob(s), has {len(param.bottom)}")
+        count = len(param.bottom)
+        if isinstance(self.n_bottoms, tuple):
+            least, most = self.n_bottoms
+            if count < least or (most is not None and count > most):
+                wanted = f"at least {least}" if most is None else f"{least} to {most}"
+                raise self.error(f"needs {wanted} bottom blobs, has {count}")
+        elif self.n_bottoms is not None and count != self.n_bottoms:
+            raise self.error(f"needs {self.n_bottoms} bottom blob(s), has {count}")
         if self.n_tops is not None and len(param.top) != self.n_tops:
             raise self.error(f"needs {self.n_tops} top blob(s), has {len(param.top)}")
 
@@ -408,23 +423,17 @@ class Softmax(Layer):
 class Concat(Layer):
     """``Concat`` along ``axis`` (default 1); other axes must agree."""
 
-    n_bottoms = None
+    n_bottoms = (1, None)
 
     def __init__(self, param, bottom_shapes, phase, generator=None):
         super().__init__(param, bottom_shapes, phase, generator)
         shapes = self.bottom_shapes
-        if not shapes:
-            raise self.error("needs at least one bottom blob")
         p = param.concat_param
         axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
         self.axis = self.canonical_axis(axis, len(shapes[0]))
-        for name, shape in zip(param.bottom[1:], shapes[1:]):
-            if len(shape) != len(shapes[0]) or any(
-                    a != b for i, (a, b) in enumerate(zip(shape, shapes[0])) if i != self.axis):
-                raise self.error(
-                    f"bottom '{name}' has shape {shape} but '{param.bottom[0]}' has shape {shapes[0]}; "
-                    f"all axes but {self.axis} must agree (after editing an input size, update the "
-                    f"interpolation layer's param_str to the new pool5 size)")
+        self.check_bottoms_agree(param, self.axis, f"; all axes but {self.axis} must agree (after editing an "
+                                                   f"input size, update the interpolation layer's param_str "
+                                                   f"to the new pool5 size)")
         top = list(shapes[0])
         top[self.axis] = sum(s[self.axis] for s in shapes)
         self.top_shapes = [tuple(top)]
@@ -436,17 +445,13 @@ class Concat(Layer):
 class Eltwise(Layer):
     """``Eltwise`` SUM (with coeff), PROD or MAX of same-shaped bottoms."""
 
-    n_bottoms = None
+    n_bottoms = (2, None)
 
     def __init__(self, param, bottom_shapes, phase, generator=None):
         super().__init__(param, bottom_shapes, phase, generator)
         p = param.eltwise_param
         shapes = self.bottom_shapes
-        if len(shapes) < 2:
-            raise self.error("needs at least two bottom blobs")
-        for name, shape in zip(param.bottom[1:], shapes[1:]):
-            if shape != shapes[0]:
-                raise self.error(f"bottom '{name}' has shape {shape} but '{param.bottom[0]}' has {shapes[0]}")
+        self.check_bottoms_agree(param)
         self.op = p.operation
         if len(p.coeff) and len(p.coeff) != len(shapes):
             raise self.error(f"{len(p.coeff)} coeff values for {len(shapes)} bottoms")
@@ -535,14 +540,12 @@ class Scale(Layer):
     """``Scale``: multiply by bottom[1] or a learned blob (plus an optional bias),
     broadcast along axes ``axis`` .. ``axis + num_axes``."""
 
-    n_bottoms = None
+    n_bottoms = (1, 2)
 
     def __init__(self, param, bottom_shapes, phase, generator=None):
         super().__init__(param, bottom_shapes, phase, generator)
         p = param.scale_param
         shapes = self.bottom_shapes
-        if len(shapes) not in (1, 2):
-            raise self.error(f"needs 1 or 2 bottom blobs, has {len(shapes)}")
         bottom = shapes[0]
         if len(shapes) == 2:
             scale_shape = shapes[1]
