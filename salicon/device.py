@@ -13,6 +13,10 @@ import torch
 from .errors import EngineError
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+#: Where a net runs: PyTorch (CPU or GPU) or OpenVINO (CPU); "auto" picks by precision.
+RUNTIMES = ("auto", "pytorch", "openvino")
+#: The precisions each runtime runs.
+RUNTIME_PRECISIONS = {"pytorch": PRECISIONS, "openvino": ("fp32", "bf16", "int8")}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -39,6 +43,29 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def resolve_runtime(runtime: str = "auto", precision: str = "fp32", engine: str = "auto") -> str:
+    """The runtime that runs ``precision``: ``"auto"`` is OpenVINO for int8 and
+    PyTorch otherwise. A combination that does not exist (int8 on PyTorch, tf32
+    on OpenVINO, either with real Caffe) is a ValueError saying what does."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+    known = sorted({p for ps in RUNTIME_PRECISIONS.values() for p in ps})
+    if precision not in known:
+        raise ValueError(f"precision must be one of {tuple(known)}, not {precision!r}")
+    if engine == "caffe":
+        if runtime == "openvino" or precision not in ("fp32",):
+            raise ValueError(f"engine 'caffe' runs pycaffe in fp32; precision {precision!r} and runtime "
+                             f"'openvino' are for the PyTorch engine's net")
+        return "caffe"
+    if runtime == "auto":
+        runtime = "openvino" if precision == "int8" else "pytorch"
+    if precision not in RUNTIME_PRECISIONS[runtime]:
+        other = next(r for r, ps in RUNTIME_PRECISIONS.items() if precision in ps)
+        raise ValueError(f"runtime {runtime!r} runs {', '.join(RUNTIME_PRECISIONS[runtime])}, not {precision}; "
+                         f"{precision} runs on runtime {other!r}")
+    return runtime
+
+
 @contextlib.contextmanager
 def precision_context(precision: str, device: torch.device) -> Iterator[None]:
     """Numerics for a forward pass: fp32 (no TF32), tf32, or bf16 autocast."""
@@ -63,4 +90,4 @@ def precision_context(precision: str, device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
-__all__ = ["PRECISIONS", "resolve_device", "check_precision", "precision_context"]
+__all__ = ["PRECISIONS", "RUNTIMES", "RUNTIME_PRECISIONS", "resolve_runtime", "resolve_device", "check_precision", "precision_context"]

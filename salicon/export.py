@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import formats
 from .engine import Net
 from .engine.net import PROJECT_LAYERS_DIR
 from .errors import SaliconError
-from .model import OUTPUT_BLOB
+from .outputs import atomic_write
 from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE
-from .pretrained import default_model_path, model_metadata, prototxt_path, record_path
+from .pretrained import OUTPUT_BLOB, default_model_path, model_metadata, prototxt_path, record_path
 from .types import PathLike
 
 #: The Python layer modules the shipped prototxt files name.
@@ -64,16 +63,16 @@ def export_caffemodel(out_dir: PathLike, model: PathLike | None = None, prototxt
     paths = {"caffemodel": out_dir / f"{name}.caffemodel", "prototxt": out_dir / prototxt.name}
     net.save(paths["caffemodel"])
     if paths["prototxt"].resolve() != prototxt.resolve():
-        formats.atomic_write(paths["prototxt"], lambda tmp: shutil.copyfile(prototxt, tmp))
+        atomic_write(paths["prototxt"], lambda tmp: shutil.copyfile(prototxt, tmp))
     record = record_path(source)
     if record.is_file():  # the model's record (its default post-processing) travels with it
         paths["record"] = out_dir / f"{name}.json"
         if paths["record"].resolve() != record.resolve():
-            formats.atomic_write(paths["record"], lambda tmp: shutil.copyfile(record, tmp))
+            atomic_write(paths["record"], lambda tmp: shutil.copyfile(record, tmp))
     for module in LAYER_MODULES:
         src = PROJECT_LAYERS_DIR / module
         if src.exists() and (out_dir / module).resolve() != src.resolve():
-            formats.atomic_write(out_dir / module, lambda tmp, src=src: shutil.copyfile(src, tmp))
+            atomic_write(out_dir / module, lambda tmp, src=src: shutil.copyfile(src, tmp))
             paths[module] = out_dir / module
     return paths
 
@@ -117,7 +116,7 @@ def export_onnx(path: PathLike, model: PathLike | None = None, prototxt: PathLik
                               dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
                               dynamo=False)
         _add_onnx_metadata(tmp, _input_convention(model))
-    formats.atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 

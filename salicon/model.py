@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from . import pretrained
-from .device import PRECISIONS, precision_context, resolve_device
+from .pretrained import OUTPUT_BLOB
+from .device import precision_context, resolve_device, resolve_runtime
 from .engine import Net
 from .errors import EngineError, SaliconError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, load_image
@@ -27,8 +28,6 @@ from .postprocess import CenterPrior, PostProcess, PostProcessError, parse_postp
 from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS, image_to_inputs
 from .types import PathLike
 
-#: Output blob read by default (the test prototxt's Sigmoid top).
-OUTPUT_BLOB = "saliency_map_out"
 ENGINES = ("auto", "pytorch", "caffe")
 
 
@@ -61,7 +60,10 @@ class Salicon:
         prototxt: the test net definition (default: prototxt/salicon.prototxt);
             ``prototxtpath``, OpenSALICON's name for it, is accepted too.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        precision: ``"fp32"`` (exact), ``"tf32"`` or ``"bf16"`` (GPU speed).
+        precision: ``"fp32"`` (exact), ``"tf32"``, ``"bf16"`` or ``"int8"``
+            (OpenVINO on the CPU; the model's quantized file).
+        runtime: ``"pytorch"`` (CPU or GPU), ``"openvino"`` (CPU: fp32, bf16,
+            int8) or ``"auto"`` (OpenVINO for int8, else PyTorch).
         input_scale: factor after mean subtraction (default: the model file's
             ``input_scale`` metadata, else 1/255 as the published code and its
             weights use; VGG-16's own convention is 1).
@@ -79,7 +81,7 @@ class Salicon:
     """
 
     def __init__(self, model: PathLike | None = None, prototxt: PathLike | None = None, *,
-                 device: str | torch.device = "auto", precision: str = "fp32",
+                 device: str | torch.device = "auto", precision: str = "fp32", runtime: str = "auto",
                  input_scale: float | None = None, resize: str = "spline",
                  mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, postprocess: str | PostProcess = "default",
@@ -92,11 +94,11 @@ class Salicon:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         if resize not in RESIZE_METHODS:
             raise ValueError(f"resize must be one of {RESIZE_METHODS}, not {resize!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        #: Where the net runs: "pytorch", "openvino" or "caffe" (real pycaffe).
+        self.runtime = resolve_runtime(runtime, precision, engine)
         self.model_path = self._model_file(model)
         self.prototxt_path = Path(prototxt) if prototxt is not None else pretrained.prototxt_path()
-        self.device = resolve_device("cpu" if engine == "caffe" and device == "auto" else device)
+        self.device = resolve_device("cpu" if self.runtime != "pytorch" and device == "auto" else device)
         self.precision = precision
         self.input_scale = self._input_scale(input_scale)
         self.mean_bgr = tuple(float(m) for m in mean_bgr)
@@ -136,12 +138,14 @@ class Salicon:
         self.center_prior, self.default_post = record_postprocess(self.model_path, self.record)
 
     def _load_net(self, channels_last: bool):
-        if self.engine == "caffe":
+        if self.runtime != "pytorch" and self.device.type != "cpu":
+            what = "engine 'caffe' runs" if self.runtime == "caffe" else "runtime 'openvino' runs"
+            raise EngineError(f"{what} on the CPU only, not on {self.device}")
+        if self.runtime == "caffe":
             from .caffe_engine import CaffeNet
-            if self.device.type != "cpu":
-                raise EngineError(f"engine 'caffe' runs on the CPU only (this Caffe build is CPU_ONLY), "
-                                  f"not on {self.device}")
             net = CaffeNet(self.prototxt_path, self.model_path)
+        elif self.runtime == "openvino":
+            net = self._openvino_net()
         else:
             net = Net(self.prototxt_path, phase="test", device=self.device)
             net.copy_from(self.model_path, strict=True)
@@ -154,6 +158,36 @@ class Salicon:
                 raise SaliconError(f"{self.prototxt_path}: input '{name}' has shape {shape}; image inputs "
                                    f"must be N x 3 x H x W (is this a train prototxt?)")
         return net
+
+    def _openvino_net(self):
+        """The net on OpenVINO: the model's int8 file, an OpenVINO model given as
+        the model, or the weights converted (fp32, bf16)."""
+        from .openvino_engine import OpenVINONet, convert_net, read_ir
+
+        if self.model_path.suffix.lower() == ".xml" or self.precision == "int8":
+            source = self.model_path if self.model_path.suffix.lower() == ".xml" else self._int8_file()
+            net = OpenVINONet(read_ir(source), self.precision, source=str(source))
+            shapes = Net(self.prototxt_path, phase="test").input_shapes
+            net.check_net(shapes, OUTPUT_BLOB if OUTPUT_BLOB in net.outputs else net.outputs[0])
+            return net
+        return OpenVINONet(convert_net(self.prototxt_path, self.model_path), self.precision,
+                           source=str(self.model_path))
+
+    def _int8_file(self) -> Path:
+        """The quantized OpenVINO model recorded for this model (``int8.file`` of its record)."""
+        entry = (self.record.meta.get("int8") if self.record else None) or {}
+        if not entry.get("file"):
+            raise SaliconError(f"{self.model_path}: no int8 model is recorded for it; make one with "
+                               f"python scripts/quantize_int8.py --model {self.model_path}, or give the "
+                               f"quantized .xml file as the model")
+        path = self.model_path.parent / entry["file"]
+        for part, digest in ((path, entry.get("sha256")), (path.with_suffix(".bin"), entry.get("bin_sha256"))):
+            if digest and part.is_file() and pretrained.file_sha256(part) != digest:
+                raise SaliconError(f"{part}: its SHA-256 does not match the one recorded in "
+                                   f"{pretrained.record_path(self.model_path)}; the int8 model file is "
+                                   f"truncated, damaged or was replaced (reinstall the package, or make it again "
+                                   f"with scripts/quantize_int8.py)")
+        return path
 
     def _find_output(self) -> str:
         outputs = self.net.outputs
@@ -182,7 +216,7 @@ class Salicon:
     @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Run the net on batched inputs (name -> Nx3xHxW); returns N x h x w float maps."""
-        if self.engine == "caffe":
+        if self.runtime != "pytorch":  # caffe and openvino take and give arrays
             arrays = {k: v.detach().cpu().float().numpy() for k, v in inputs.items()}
             out = torch.from_numpy(self.net(**arrays)[self.output_blob])
         else:

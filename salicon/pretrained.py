@@ -23,6 +23,8 @@ from .errors import SaliconError
 from .types import PathLike
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Output blob read by default (the shipped test prototxt's Sigmoid top).
+OUTPUT_BLOB = "saliency_map_out"
 #: File name of the shipped pretrained model (SALICON trained on OSIE; see models/salicon_osie.json).
 DEFAULT_MODEL = "salicon_osie.safetensors"
 
@@ -133,5 +135,5 @@ def model_metadata(path: PathLike) -> dict[str, str]:
     return read_safetensors_metadata(path) if is_safetensors(path) else {}
 
 
-__all__ = ["DEFAULT_MODEL", "ModelRecord", "shipped_file", "prototxt_path", "default_model_path", "record_path",
+__all__ = ["OUTPUT_BLOB", "DEFAULT_MODEL", "ModelRecord", "shipped_file", "prototxt_path", "default_model_path", "record_path",
            "read_record", "file_sha256", "model_metadata"]

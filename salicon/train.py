@@ -23,12 +23,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import formats
 from .data import PreparedSample, open_dataset, prepare, split_names
 from .device import precision_context, resolve_device
 from .engine import Net
 from .errors import SaliconError
 from .fixations import OSIE_SIGMA
+from .outputs import atomic_write
 from .preprocess import PUBLISHED_INPUT_SCALE, image_to_blob, resize_chw
 from .pretrained import prototxt_path
 from .solver import Solver, learning_rate, read_solver, solver_net_path
@@ -138,7 +138,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self._split_record is not None:
             text = json.dumps(self._split_record, indent=1)
-            formats.atomic_write(self.split_file, lambda tmp: Path(tmp).write_text(text))
+            atomic_write(self.split_file, lambda tmp: Path(tmp).write_text(text))
         self.prefix = self.out / (Path(self.solver_param.snapshot_prefix or "salicon").name)
         self.loss_tops = dict(self.net.loss_weights)
         loss_layers = [lp for lp in self.net.layer_params.values() if set(lp.top) & set(self.loss_tops)]

@@ -220,7 +220,8 @@ def test_parquet_shards_and_file_uris(ray_cluster, tmp_path, small_model, small_
             if encoding == "png":
                 got = np.asarray(Image.open(io.BytesIO(row["map"])))
                 assert np.array_equal(got, np.asarray(Image.open(target / f"{row['name']}.png")))
-                assert np.abs(got / 255.0 - expected).max() <= 0.5 / 255 + 1e-6
+                # PNG rounding, plus float32 noise of a batch of 2 against one image (about 1e-6)
+                assert np.abs(got / 255.0 - expected).max() <= 0.5 / 255 + 1e-5
             else:
                 got = np.frombuffer(row["map"], np.float16).reshape(expected.shape)
                 assert np.abs(got.astype(np.float32) - expected).max() <= 1e-3

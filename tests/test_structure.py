@@ -30,10 +30,11 @@ LAYERS = {
     "salicon.engine.net": 5, "salicon.engine": 5, "salicon.pretrained": 5, "salicon.data": 5,
     # 6: what runs on the engine
     "salicon.solver": 6, "salicon.caffe_engine": 6, "salicon.evaluate": 6, "salicon.weights": 6,
+    "salicon.export": 6, "salicon.openvino_engine": 6,
     # 7: the model
     "salicon.model": 7,
     # 8: applications of the model
-    "salicon.train": 8, "salicon.export": 8, "salicon.batch": 8, "salicon.serve": 8,
+    "salicon.train": 8, "salicon.batch": 8, "salicon.serve": 8,
     # 9: the web application
     "salicon.webapp": 9,
     # 10: the command line

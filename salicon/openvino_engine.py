@@ -1,0 +1,156 @@
+"""The OpenVINO runtime: the test net on a CPU in fp32, bf16 or int8.
+
+``fp32`` and ``bf16`` run the net converted from the prototxt and weights
+(through the ONNX export, cached as OpenVINO IR in ``~/.cache/salicon``, so
+only the first use of a model pays for the conversion); ``int8`` runs a
+quantized model file made by ``scripts/quantize_int8.py`` (NNCF post-training
+quantization), shipped next to the float16 weights for the default model.
+Only the ``openvino`` package is needed at run time.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ._version import __version__
+from .errors import EngineError, FormatError
+from .types import PathLike
+
+OPENVINO_HINT = "pip install openvino (or pip install -e \".[openvino]\")"
+#: Precisions OpenVINO runs, and the CPU plugin's inference precision for each
+#: (int8 layers run in int8 whatever the hint; the rest of an int8 model in f32).
+PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+def import_openvino():
+    """The ``openvino`` module, or an EngineError naming the install command."""
+    try:
+        import openvino
+    except ImportError:
+        raise EngineError(f"runtime 'openvino' needs the openvino package: {OPENVINO_HINT}") from None
+    return openvino
+
+
+def openvino_available() -> bool:
+    try:
+        import_openvino()
+    except EngineError:
+        return False
+    return True
+
+
+def cache_folder() -> Path:
+    """Where converted models are kept: $SALICON_CACHE, else ~/.cache/salicon."""
+    root = os.environ.get("SALICON_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "salicon"
+    return Path(root) / "openvino"
+
+
+def _conversion_key(prototxt: PathLike, weights: PathLike) -> str:
+    from .pretrained import file_sha256
+
+    digest = hashlib.sha256()
+    for part in (Path(prototxt).read_bytes(), file_sha256(weights).encode(), __version__.encode()):
+        digest.update(part)
+    return digest.hexdigest()[:24]
+
+
+def convert_net(prototxt: PathLike, weights: PathLike):
+    """The test net of ``prototxt`` with ``weights`` as an OpenVINO model (float32),
+    from the cache when this prototxt and weights file were converted before."""
+    ov = import_openvino()
+    core = ov.Core()
+    cached = cache_folder() / f"{_conversion_key(prototxt, weights)}.xml"
+    if cached.is_file() and cached.with_suffix(".bin").is_file():
+        try:
+            return core.read_model(str(cached))
+        except RuntimeError:  # a damaged cache entry: convert again
+            pass
+    from .export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="salicon-openvino-") as tmp:
+        onnx_path = export_onnx(Path(tmp) / "net.onnx", weights, prototxt)
+        model = core.read_model(str(onnx_path))
+        _store(ov, model, cached)
+    return model
+
+
+def _store(ov, model, path: Path) -> None:
+    """Save ``model`` as ``path`` (.xml + .bin) without ever leaving a half-written pair."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".convert-") as tmp:
+            staged = Path(tmp) / path.name
+            ov.save_model(model, str(staged), compress_to_fp16=False)
+            os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
+            os.replace(staged, path)
+    except OSError:  # no cache where it cannot be written: the next run converts again
+        pass
+
+
+def read_ir(path: PathLike):
+    """An OpenVINO model file (.xml with its .bin), checked, or a FormatError naming it."""
+    ov = import_openvino()
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such OpenVINO model file")
+    if not path.with_suffix(".bin").is_file():
+        raise FormatError(f"{path}: its weights file {path.with_suffix('.bin').name} is missing")
+    try:
+        return ov.Core().read_model(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FormatError(f"{path}: not a readable OpenVINO model (truncated or damaged?): {first}") from None
+
+
+class OpenVINONet:
+    """A compiled OpenVINO model with the small surface ``Salicon`` uses:
+    ``input_shapes``, ``outputs``, ``blob_shapes`` and a call that maps input
+    arrays (N x 3 x H x W, float32) to output arrays."""
+
+    def __init__(self, model, precision: str = "fp32", threads: int | None = None, source: str = "<model>"):
+        ov = import_openvino()
+        if precision not in PRECISIONS:
+            raise ValueError(f"OpenVINO runs precisions {tuple(PRECISIONS)}, not {precision!r}")
+        self.source, self.precision = source, precision
+        self.input_shapes = {inp.get_any_name(): _static_shape(inp, source) for inp in model.inputs}
+        self.outputs = [out.get_any_name() for out in model.outputs]
+        self.blob_shapes = {out.get_any_name(): _static_shape(out, source) for out in model.outputs}
+        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = ov.Core().compile_model(model, "CPU", config)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FormatError(f"{source}: OpenVINO cannot compile this model ({first})") from None
+
+    def check_net(self, input_shapes: Mapping[str, tuple], output: str) -> None:
+        """Refuse a model made for another net: other inputs, sizes or output."""
+        mine = {k: tuple(v[1:]) for k, v in self.input_shapes.items()}
+        theirs = {k: tuple(v[1:]) for k, v in input_shapes.items()}
+        if mine != theirs or output not in self.outputs:
+            raise FormatError(f"{self.source}: this OpenVINO model is for another net (inputs {mine}, outputs "
+                              f"{self.outputs}); the prototxt has inputs {theirs} and output '{output}'")
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        request = self.compiled.create_infer_request()  # one per call: callers may share the net
+        results = request.infer({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()})
+        return {out.get_any_name(): np.array(value) for out, value in results.items()}
+
+
+def _static_shape(port, source: str) -> tuple[int, ...]:
+    shape = port.get_partial_shape()
+    dims = [d.get_length() if d.is_static else 1 for d in shape]  # a dynamic batch reads as 1
+    if any(not d.is_static for d in list(shape)[1:]):
+        raise FormatError(f"{source}: '{port.get_any_name()}' has dynamic sizes {shape}; export it with the "
+                          f"prototxt's fixed input sizes")
+    return tuple(dims)
+
+
+__all__ = ["OPENVINO_HINT", "PRECISIONS", "OpenVINONet", "convert_net", "read_ir", "import_openvino",
+           "openvino_available", "cache_folder"]
