@@ -11,7 +11,7 @@ setup(
     package_dir={"salicon": "salicon", "salicon.prototxt": "prototxt", "salicon.models": "models",
                  "salicon.examples": "examples", "": "layers"},
     package_data={"salicon.prototxt": ["*.prototxt"], "salicon.proto": ["caffe.proto"],
-                  "salicon.models": ["*.safetensors", "*.json"],
+                  "salicon.models": ["*.safetensors", "*.json", "*_int8.xml", "*_int8.bin"],
                   "salicon.examples": ["*.jpg", "*.md"], "salicon": ["web/*"]},
     py_modules=["CustomData", "custom_interpolation_layer"],
 )

@@ -13,10 +13,14 @@ Measures, each in a fresh process so peak memory is the process's own:
               variant, and (--caffe) the published OpenSALICON pipeline on
               Caffe: scipy.ndimage.zoom resizes and pycaffe;
   throughput  (--throughput N) `salicon predict` over a folder of N generated
-              800x600 JPEGs, full size and fast: images per hour after the first.
+              800x600 JPEGs, full size, fast and int8: images per hour after the first;
+  OpenVINO    (when openvino is installed) the same forward and compute_saliency
+              rows on the OpenVINO runtime in fp32, bf16 and int8 (the shipped
+              int8 model file), beside PyTorch in the same run.
 
 Weights: the shipped trained model (exported to a float32 .caffemodel for
-Caffe). Caffe allocates its buffers (about 18 GB) on its first call, which is
+Caffe and PyTorch; OpenVINO fp32/bf16 convert that file, int8 runs the shipped
+int8 file quantized from the same weights). Caffe allocates its buffers (about 18 GB) on its first call, which is
 why its first call is much slower than its later ones; ratios use the
 steady state. Prints a table and, with --json, writes the results.
 
@@ -68,7 +72,14 @@ def child_forward(model: str, layout: str, repeat: int) -> dict:
     fast = layout == "fast"
     fine = rng.uniform(-0.5, 0.5, (1, 3) + ((600, 800) if fast else (1200, 1600))).astype(np.float32)
     coarse = rng.uniform(-0.5, 0.5, (1, 3) + ((300, 400) if fast else (600, 800))).astype(np.float32)
-    if layout == "caffe":
+    if layout.startswith("openvino"):
+        from salicon import Salicon
+        precision = layout.split("-")[1]
+        net = Salicon(None if precision == "int8" else model, device="cpu", precision=precision,
+                      runtime="openvino").net
+        context = contextlib.nullcontext()
+        run = lambda: net(fine_scale=fine, coarse_scale=coarse)  # noqa: E731
+    elif layout == "caffe":
         os.environ.setdefault("GLOG_minloglevel", "2")
         sys.path.insert(0, str(ROOT / "layers"))
         import caffe
@@ -138,6 +149,11 @@ def child_saliency(model: str, image: str, engine: str, repeat: int) -> dict:
         caffe.set_mode_cpu()
         net = caffe.Net(str(ROOT / "prototxt" / "salicon.prototxt"), caffe.TEST, weights=model)
         compute = lambda: published_pipeline(net, image)  # noqa: E731
+    elif engine.startswith("openvino"):
+        from salicon import Salicon
+        precision = engine.split("-")[1]
+        compute = Salicon(None if precision == "int8" else model, device="cpu", precision=precision,
+                          runtime="openvino").compute_saliency
     else:
         from salicon import Salicon
         variant = "fast" if engine == "fast" else "full"
@@ -168,9 +184,11 @@ def child_throughput(model: str, folder: str, variant: str) -> dict:
         return original(self, n)
     tqdm.tqdm.update = update
     start = time.perf_counter()
-    args = ["predict", folder, "-o", str(out), "--model", model, "--device", "cpu", "-q"]
-    if variant == "fast":
-        args.append("--fast")
+    args = ["predict", folder, "-o", str(out), "--device", "cpu", "-q"]
+    if variant == "int8":  # the shipped model's int8 file
+        args += ["--precision", "int8"]
+    else:
+        args += ["--model", model] + (["--fast"] if variant == "fast" else [])
     code = salicon_main(args)
     total = time.perf_counter() - start
     steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
@@ -206,6 +224,11 @@ def run_child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def openvino_installed() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("openvino") is not None
+
+
 def machine() -> dict:
     import torch
     from machine import cpu_features
@@ -213,7 +236,16 @@ def machine() -> dict:
     return {"cpu": features["model"], "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "flags": features["flags"], "native_bf16": features["native_bf16"],
             "torch_cpu_capability": features["torch_capability"],
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "openvino": _version_of("openvino")}
+
+
+def _version_of(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def main() -> int:
@@ -233,6 +265,9 @@ def main() -> int:
         if kind == "prepare":
             image, model, source = make_inputs(Path(rest[0]))
             result = {"image": str(image), "model": str(model), "source": source}
+            if openvino_installed():  # the one-off conversion is cached before anything is timed
+                from salicon.openvino_engine import convert_net
+                convert_net(ROOT / "prototxt" / "salicon.prototxt", model)
         elif kind == "forward":
             result = child_forward(rest[0], rest[1], args.repeat)
         elif kind == "throughput":
@@ -258,9 +293,15 @@ def main() -> int:
             results["forward_bf16"] = run_child("forward", str(model), "bf16", "--repeat", str(args.repeat))
             results["compute_saliency_bf16"] = run_child("saliency", str(model), str(image), "bf16",
                                                          "--repeat", str(args.repeat))
+        if openvino_installed():
+            for precision in ("fp32", "bf16", "int8"):
+                results[f"forward_openvino_{precision}"] = run_child(
+                    "forward", str(model), f"openvino-{precision}", "--repeat", str(args.repeat))
+                results[f"compute_saliency_openvino_{precision}"] = run_child(
+                    "saliency", str(model), str(image), f"openvino-{precision}", "--repeat", str(args.repeat))
         if args.throughput:
             folder = make_folder(Path(tmp), args.throughput)
-            for variant in ("full", "fast"):
+            for variant in ("full", "fast") + (("int8",) if openvino_installed() else ()):
                 results[f"throughput_{variant}"] = run_child("throughput", str(model), str(folder), variant)
         if args.caffe:
             results["caffe_repeat"] = args.caffe_repeat
@@ -278,16 +319,22 @@ def main() -> int:
             ("forward, PyTorch fp32 channels_last", "forward_channels_last"),
             ("forward, PyTorch fast (600x800 / 300x400)", "forward_fast"),
             ("forward, PyTorch bf16 autocast (native bf16 CPUs)", "forward_bf16"),
+            ("forward, OpenVINO fp32", "forward_openvino_fp32"),
+            ("forward, OpenVINO bf16", "forward_openvino_bf16"),
+            ("forward, OpenVINO int8", "forward_openvino_int8"),
             ("forward, Caffe", "forward_caffe"),
             ("compute_saliency, PyTorch engine (defaults)", "compute_saliency"),
             ("compute_saliency, PyTorch engine, fast", "compute_saliency_fast"),
             ("compute_saliency, PyTorch engine, bf16", "compute_saliency_bf16"),
+            ("compute_saliency, OpenVINO fp32", "compute_saliency_openvino_fp32"),
+            ("compute_saliency, OpenVINO bf16", "compute_saliency_openvino_bf16"),
+            ("compute_saliency, OpenVINO int8", "compute_saliency_openvino_int8"),
             ("compute_saliency, published pipeline on Caffe", "compute_saliency_caffe_published")]
     for label, key in rows:
         if key in results and "error" not in results[key]:
             r = results[key]
             print(f"{label:52s} {r['first_s']:10.2f} {r['median_s']:11.2f} {r['peak_rss_mb'] / 1024:14.2f}")
-    for variant in ("full", "fast"):
+    for variant in ("full", "fast", "int8"):
         r = results.get(f"throughput_{variant}")
         if r:
             print(f"salicon predict, {variant}: {r['images']} images, first {r['first_image_s']:.1f} s, then "
@@ -297,6 +344,15 @@ def main() -> int:
               "fast_vs_full_forward": results["forward_fast"]["median_s"] / results["forward_channels_last"]["median_s"]}
     if "compute_saliency_bf16" in results:
         ratios["bf16_vs_fp32_end_to_end"] = results["compute_saliency_bf16"]["median_s"] / s["median_s"]
+    for precision in ("fp32", "bf16", "int8"):
+        row = results.get(f"compute_saliency_openvino_{precision}", {})
+        if "median_s" in row:  # > 1: faster than PyTorch fp32 (the default)
+            ratios[f"speedup_openvino_{precision}_vs_pytorch_fp32_end_to_end"] = s["median_s"] / row["median_s"]
+            ratios[f"peak_rss_openvino_{precision}_vs_pytorch_fp32"] = row["peak_rss_mb"] / s["peak_rss_mb"]
+    if "images_per_hour" in results.get("throughput_int8", {}) and "images_per_hour" in results.get(
+            "throughput_full", {}):
+        ratios["predict_int8_vs_fp32_images_per_hour"] = (results["throughput_int8"]["images_per_hour"]
+                                                          / results["throughput_full"]["images_per_hour"])
     c, p = results.get("forward_caffe", {}), results.get("compute_saliency_caffe_published", {})
     if "median_s" in c:
         ratios["forward_vs_caffe"] = results["forward_channels_last"]["median_s"] / c["median_s"]

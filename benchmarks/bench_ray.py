@@ -128,7 +128,7 @@ def stage_costs(rounds: int = 5) -> dict:
     from salicon.visualize import to_uint8
 
     torch.set_num_threads(1)
-    model = Salicon(device="cpu")
+    model = Salicon(device="cpu", precision="fp32")
     spec = PreprocessSpec({k: tuple(v) for k, v in model.net.input_shapes.items()}, model.resize,
                           model.input_scale, tuple(model.mean_bgr), None)
     examples = sorted((ROOT / "examples").glob("*.jpg"))

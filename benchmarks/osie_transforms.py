@@ -68,7 +68,7 @@ def main() -> int:
     dataset = open_dataset(f"osie:{args.osie}")
     samples = {s.name: s for s in dataset.samples}
     names = read_split(args.names)[:args.limit]
-    model = Salicon(device="cpu")
+    model = Salicon(device="cpu", precision="fp32")
     out: dict[str, np.ndarray] = {}
     if args.output.exists():
         with np.load(args.output) as z:

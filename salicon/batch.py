@@ -64,7 +64,8 @@ class RayOptions:
     actors: int | None = None
     batch_size: int = 1
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"                        # as Salicon's: int8 on CPU actors where it can, else fp32
+    runtime: str = "auto"                          # pytorch, openvino (CPU actors) or auto
     input_scale: float | None = None
     resize: str = "spline"
     postprocess: str = "default"
@@ -123,7 +124,8 @@ class NetActor:
         if threads:
             torch.set_num_threads(threads)
         self.model = Salicon(options.model_path, options.prototxt, device=options.device,
-                             precision=options.precision, input_scale=options.input_scale, postprocess=post)
+                             precision=options.precision, runtime=options.runtime, input_scale=options.input_scale,
+                             postprocess=post)
         self.names = list(self.model.net.input_shapes)
         self.raw_shape = tuple(self.model.net.blob_shapes[self.model.output_blob][-2:])
         self.options, self.out, self.spec = options, out, spec
@@ -281,8 +283,9 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
     :class:`RayOptions`. Images whose outputs exist are skipped;
     ``OUT/manifest.csv`` records every image's status.
     """
+    from .device import resolve_runtime
     from .engine import Net
-    from .model import load_postprocess
+    from .model import Salicon, auto_precision, load_postprocess
     from .pretrained import default_model_path, prototxt_path
 
     options = dataclasses.replace(options, **fields)
@@ -300,8 +303,15 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
         prototxt=str(Path(options.prototxt or prototxt_path()).resolve()),
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels)
     # The driver checks the files once (no forward pass): bad ones are reported before any cluster work.
+    if options.precision == "auto":  # decided once, here, for every actor
+        options = dataclasses.replace(options, precision=auto_precision(
+            options.model_path, options.prototxt, options.device, options.runtime))
+    runtime = resolve_runtime(options.runtime, options.precision)
     net = Net(options.prototxt, phase="test")
-    net.copy_from(options.model_path, strict=True)
+    if runtime == "openvino":  # the model's OpenVINO file, compiled once here as the actors will
+        Salicon(options.model_path, options.prototxt, device="cpu", precision=options.precision, runtime=runtime)
+    else:
+        net.copy_from(options.model_path, strict=True)
     post = load_postprocess(options.model_path, options.postprocess)
     pre = _preprocess_spec(net, options)
     del net
@@ -337,7 +347,8 @@ def _preprocess_spec(net, options: RayOptions) -> PreprocessSpec:
 def _placement(options: RayOptions, cpus: float, gpus: int) -> tuple[int, dict, float, int, int | None, str]:
     """(actors, actor resources, CPUs per decode task, concurrent calls per actor,
     torch threads per actor, actor device) for a cluster with ``cpus`` and ``gpus``."""
-    use_gpu = options.device not in ("cpu",) and gpus > 0
+    use_gpu = options.device not in ("cpu",) and gpus > 0 and options.precision != "int8" \
+        and options.runtime != "openvino"  # OpenVINO runs on CPU actors
     if options.device.startswith("cuda") and not gpus:
         raise BatchError(f"--device {options.device}: the Ray cluster has no GPU")
     n_actors = options.actors or (gpus if use_gpu else 1)

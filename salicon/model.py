@@ -51,6 +51,26 @@ def load_postprocess(model: PathLike, spec: str | PostProcess = "default") -> Po
     return parse_postprocess(spec, *record_postprocess(model))
 
 
+def auto_precision(model: PathLike, prototxt: PathLike | None = None, device: str | torch.device = "auto",
+                   runtime: str = "auto", engine: str = "auto") -> str:
+    """What ``precision="auto"`` means for the weights file ``model`` and the test
+    net ``prototxt``: int8 where it is the fast path (a CPU, OpenVINO installed,
+    an int8 file recorded for this model and made from this prototxt), fp32
+    (exact) everywhere else."""
+    from .openvino_engine import openvino_available
+
+    on_cpu = str(device) == "cpu" or (str(device) == "auto" and not torch.cuda.is_available())
+    if engine == "caffe" or runtime == "pytorch" or not on_cpu or not openvino_available():
+        return "fp32"
+    record = pretrained.read_record(model, verify=False)
+    entry = (record.meta.get("int8") if record else None) or {}
+    prototxt = Path(prototxt) if prototxt is not None else pretrained.prototxt_path()
+    made_for = entry.get("prototxt_sha256")
+    if not (Path(model).parent / entry.get("file", "")).is_file() or not made_for:
+        return "fp32"
+    return "int8" if prototxt.is_file() and pretrained.file_sha256(prototxt) == made_for else "fp32"
+
+
 class Salicon:
     """The SALICON model: an image in, a saliency map at the image's size out.
 
@@ -60,8 +80,10 @@ class Salicon:
         prototxt: the test net definition (default: prototxt/salicon.prototxt);
             ``prototxtpath``, OpenSALICON's name for it, is accepted too.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        precision: ``"fp32"`` (exact), ``"tf32"``, ``"bf16"`` or ``"int8"``
-            (OpenVINO on the CPU; the model's quantized file).
+        precision: ``"fp32"`` (exact), ``"tf32"``, ``"bf16"``, ``"int8"``
+            (OpenVINO on the CPU; the model's quantized file) or ``"auto"``:
+            int8 on a CPU when OpenVINO is installed and the model has an int8
+            file (the shipped model has), else fp32.
         runtime: ``"pytorch"`` (CPU or GPU), ``"openvino"`` (CPU: fp32, bf16,
             int8) or ``"auto"`` (OpenVINO for int8, else PyTorch).
         input_scale: factor after mean subtraction (default: the model file's
@@ -81,7 +103,7 @@ class Salicon:
     """
 
     def __init__(self, model: PathLike | None = None, prototxt: PathLike | None = None, *,
-                 device: str | torch.device = "auto", precision: str = "fp32", runtime: str = "auto",
+                 device: str | torch.device = "auto", precision: str = "auto", runtime: str = "auto",
                  input_scale: float | None = None, resize: str = "spline",
                  mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, postprocess: str | PostProcess = "default",
@@ -94,10 +116,12 @@ class Salicon:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         if resize not in RESIZE_METHODS:
             raise ValueError(f"resize must be one of {RESIZE_METHODS}, not {resize!r}")
-        #: Where the net runs: "pytorch", "openvino" or "caffe" (real pycaffe).
-        self.runtime = resolve_runtime(runtime, precision, engine)
         self.model_path = self._model_file(model)
         self.prototxt_path = Path(prototxt) if prototxt is not None else pretrained.prototxt_path()
+        if precision == "auto":
+            precision = auto_precision(self.model_path, self.prototxt_path, device, runtime, engine)
+        #: Where the net runs: "pytorch", "openvino" or "caffe" (real pycaffe).
+        self.runtime = resolve_runtime(runtime, precision, engine)
         self.device = resolve_device("cpu" if self.runtime != "pytorch" and device == "auto" else device)
         self.precision = precision
         self.input_scale = self._input_scale(input_scale)
@@ -166,12 +190,12 @@ class Salicon:
 
         if self.model_path.suffix.lower() == ".xml" or self.precision == "int8":
             source = self.model_path if self.model_path.suffix.lower() == ".xml" else self._int8_file()
-            net = OpenVINONet(read_ir(source), self.precision, source=str(source))
+            net = OpenVINONet(read_ir(source), self.precision, threads=torch.get_num_threads(), source=str(source))
             shapes = Net(self.prototxt_path, phase="test").input_shapes
             net.check_net(shapes, OUTPUT_BLOB if OUTPUT_BLOB in net.outputs else net.outputs[0])
             return net
         return OpenVINONet(convert_net(self.prototxt_path, self.model_path), self.precision,
-                           source=str(self.model_path))
+                           threads=torch.get_num_threads(), source=str(self.model_path))
 
     def _int8_file(self) -> Path:
         """The quantized OpenVINO model recorded for this model (``int8.file`` of its record)."""

@@ -107,6 +107,50 @@ def read_ir(path: PathLike):
         raise FormatError(f"{path}: not a readable OpenVINO model (truncated or damaged?): {first}") from None
 
 
+def quantize_int8(prototxt: PathLike, weights: PathLike, samples: list[dict[str, np.ndarray]],
+                  out: PathLike) -> dict:
+    """Post-training int8 quantization with NNCF (needed here only, not to run the
+    result): the float net of ``prototxt`` and ``weights`` calibrated on
+    ``samples`` (the net's input arrays, batch of one, preprocessed as
+    ``Salicon`` does) and written as ``out`` (.xml + .bin). Returns the record
+    entry: file names and SHA-256s, tool versions and settings."""
+    import nncf
+
+    from .pretrained import file_sha256
+
+    ov = import_openvino()
+    out = Path(out)
+    quantized = nncf.quantize(convert_net(prototxt, weights), nncf.Dataset(samples),
+                              preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(samples),
+                              fast_bias_correction=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return {"file": out.name, "sha256": file_sha256(out), "bin_sha256": file_sha256(out.with_suffix(".bin")),
+            "prototxt": Path(prototxt).name, "prototxt_sha256": file_sha256(prototxt),
+            "format": "OpenVINO IR (.xml + .bin): int8 weights and activations where NNCF quantized them",
+            "tools": {"openvino": ov.__version__, "nncf": nncf.__version__},
+            "settings": {"preset": "performance", "subset_size": len(samples), "fast_bias_correction": True}}
+
+
+def record_int8(weights: PathLike, entry: dict) -> Path:
+    """Add ``entry`` (from :func:`quantize_int8`, with more fields if wanted) as the
+    ``int8`` part of the record beside ``weights``; returns the record's path."""
+    import json
+
+    from .pretrained import record_path
+
+    path = record_path(weights)
+    record = json.loads(path.read_text()) if path.is_file() else {"name": Path(weights).stem}
+    old = record.get("int8") or {}
+    if old.get("scores") and old.get("sha256") == entry.get("sha256"):
+        entry = {**entry, "scores": old["scores"]}  # the same file: its measured scores still hold
+    record["int8"] = entry
+    text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
+    from .outputs import atomic_write_bytes
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path
+
+
 class OpenVINONet:
     """A compiled OpenVINO model with the small surface ``Salicon`` uses:
     ``input_shapes``, ``outputs``, ``blob_shapes`` and a call that maps input
@@ -152,5 +196,5 @@ def _static_shape(port, source: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
-__all__ = ["OPENVINO_HINT", "PRECISIONS", "OpenVINONet", "convert_net", "read_ir", "import_openvino",
+__all__ = ["OPENVINO_HINT", "PRECISIONS", "OpenVINONet", "convert_net", "read_ir", "quantize_int8", "record_int8", "import_openvino",
            "openvino_available", "cache_folder"]

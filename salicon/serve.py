@@ -230,6 +230,7 @@ class SaliencyService:
             "device": str(model.device),
             "engine": model.engine,
             "precision": model.precision,
+            "runtime": model.runtime,
             "postprocess": model.post.name,
             "input_sizes": {k: list(v[2:]) for k, v in model.net.input_shapes.items()},
             "batch_size": self.worker.batch_size,

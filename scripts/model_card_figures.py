@@ -30,7 +30,7 @@ def osie_examples(osie: Path, out: Path, count: int = 3, width: int = 400) -> No
     dataset = open_dataset(f"osie:{osie}")
     samples = {s.name: s for s in dataset.samples}
     names = read_split(ROOT / "splits" / "osie_test.txt")[:count]
-    model = Salicon(device="cpu")
+    model = Salicon(device="cpu", precision="fp32")
     rows = []
     for name in names:
         sample = samples[name]

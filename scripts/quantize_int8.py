@@ -16,7 +16,6 @@ are needed only here; running the int8 model needs only ``openvino``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from salicon import Salicon  # noqa: E402
-from salicon.openvino_engine import convert_net, import_openvino  # noqa: E402
-from salicon.pretrained import default_model_path, file_sha256, prototxt_path, record_path  # noqa: E402
+from salicon.openvino_engine import quantize_int8, record_int8  # noqa: E402
+from salicon.pretrained import default_model_path, prototxt_path  # noqa: E402
 
 
 def calibration_names(split: Path, count: int) -> list[str]:
@@ -59,38 +58,21 @@ def main() -> int:
     parser.add_argument("-o", "--out", type=Path, help="output .xml (default: <model stem>_int8.xml beside it)")
     args = parser.parse_args()
 
-    import nncf
-
-    ov = import_openvino()
     out = args.out or args.model.with_name(f"{args.model.stem}_int8.xml")
     names = calibration_names(args.split, args.images)
     start = time.perf_counter()
     reference = Salicon(args.model, args.prototxt, device="cpu", precision="fp32", postprocess="none")
     samples = calibration_inputs(reference, args.data / "stimuli", names)
-    float_model = convert_net(args.prototxt, args.model)
-    settings = {"preset": "performance", "subset_size": len(samples), "fast_bias_correction": True}
-    quantized = nncf.quantize(float_model, nncf.Dataset(samples), preset=nncf.QuantizationPreset.PERFORMANCE,
-                              subset_size=len(samples), fast_bias_correction=True)
-    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    entry = quantize_int8(args.prototxt, args.model, samples, out)
     seconds = time.perf_counter() - start
-    entry = {
-        "file": out.name, "sha256": file_sha256(out), "bin_sha256": file_sha256(out.with_suffix(".bin")),
-        "format": "OpenVINO IR (.xml + .bin), int8 weights and activations where NNCF quantized them",
-        "made_by": f"python scripts/quantize_int8.py --data OSIE --images {args.images}",
-        "calibration": {"split": str(args.split.relative_to(ROOT)) if args.split.is_relative_to(ROOT)
-                        else str(args.split), "images": names},
-        "tools": {"openvino": ov.__version__, "nncf": nncf.__version__},
-        "settings": settings, "seconds": round(seconds, 1),
-    }
-    record_file = record_path(args.model)
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {"name": args.model.stem}
-    old = record.get("int8", {})
-    if "scores" in old and old.get("sha256") == entry["sha256"]:
-        entry["scores"] = old["scores"]  # the same file: its measured scores still hold
-    record["int8"] = entry
-    record_file.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    split = args.split.resolve()
+    entry.update({"made_by": f"python scripts/quantize_int8.py --data OSIE --images {args.images}",
+                  "calibration": {"split": str(split.relative_to(ROOT)) if split.is_relative_to(ROOT) else str(split),
+                                  "images": names},
+                  "seconds": round(seconds, 1)})
+    record = record_int8(args.model, entry)
     print(f"wrote {out} ({out.with_suffix('.bin').stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s, calibrated on "
-          f"{len(names)} training images; recorded in {record_file}")
+          f"{len(names)} training images; recorded in {record}")
     return 0
 
 

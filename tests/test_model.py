@@ -203,8 +203,8 @@ def test_shipped_float16_weights_match_float32_weights(tmp_path):
     from salicon.export import export_caffemodel
     float32 = export_caffemodel(tmp_path, name="float32")["caffemodel"]
     image = str(PROTOTXT.parent / "examples" / "coffee.jpg")
-    ours = Salicon(device="cpu", postprocess="none").compute_saliency(image)
-    theirs = Salicon(float32, device="cpu", postprocess="none").compute_saliency(image)
+    ours = Salicon(device="cpu", precision="fp32", postprocess="none").compute_saliency(image)
+    theirs = Salicon(float32, device="cpu", precision="fp32", postprocess="none").compute_saliency(image)
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] >= 0.9999
 
 
@@ -228,7 +228,7 @@ def test_shipped_weights_are_the_trained_float16_parts():
 @pytest.mark.skipif(not OSIE_STIMULI.exists(), reason="the OSIE images are not distributed")
 def test_shipped_model_reproduces_the_trained_models_raw_maps():
     """Raw 38x50 outputs for two test images, against those the training run saved (float16)."""
-    model = Salicon(device="cpu")
+    model = Salicon(device="cpu", precision="fp32")
     with np.load(SHIPPED_PARTS / "raw_maps_osie_all.npz") as z:
         for name in ("1003", "1006"):
             inputs, _ = model.preprocess(str(OSIE_STIMULI / f"{name}.jpg"))

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--metrics", help=f"comma-separated subset of: {', '.join(METRICS)}")
     add_out(p, "OUT", "output folder", required=False, default="evaluation")
     p.add_argument("--pictures", action="store_true", help="also write score histograms and a contact sheet")
-    add_engine(p, "pytorch (auto) or real Caffe through pycaffe (CPU)")
+    add_engine(p, "pytorch (auto) or real Caffe through pycaffe (CPU)", precision="fp32")  # scores: exact
     p.add_argument("--seed", type=int, default=0, help="seed of AUC jitter and negative sampling")
     add_quiet(p)
     p.set_defaults(func=cmd_evaluate)

@@ -166,12 +166,23 @@ def add_model(p: argparse.ArgumentParser, fast: bool = True) -> None:
                             "(OSIE test NSS 2.02 against 2.71; see the README)")
 
 
-def add_engine(p: argparse.ArgumentParser, engine_help: str) -> None:
-    """--device, --engine, --precision and --input-scale."""
+def add_engine(p: argparse.ArgumentParser, engine_help: str, inference: bool = True,
+               precision: str = "auto") -> None:
+    """--device, --engine, --precision (default ``precision``), --input-scale and, for inference, --runtime."""
     p.add_argument("--device", default="auto", type=device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--engine", default="auto", choices=["auto", "pytorch", "caffe"], help=engine_help)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
-                   help="numerics: fp32 (exact), tf32 or bf16 autocast (faster on GPUs)")
+    if inference:
+        p.add_argument("--runtime", default="auto", choices=["auto", "pytorch", "openvino"],
+                       help="where the net runs: pytorch (CPU or GPU) or openvino (CPU; pip install openvino); "
+                            "auto: openvino for int8, else pytorch")
+        p.add_argument("--precision", default=precision, choices=["auto", "fp32", "tf32", "bf16", "int8"],
+                       help="numerics: fp32 (exact, Caffe-equal), tf32 (GPU), bf16, int8 (OpenVINO on the CPU, "
+                            "the model's quantized file: 3.6x faster than fp32 on 2 cores, maps CC >= 0.999 "
+                            "with fp32), or auto: int8 on a CPU where the model has an int8 file (the shipped "
+                            "model has), else fp32")
+    else:
+        p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                       help="numerics: fp32 (exact), tf32 or bf16 autocast (faster on GPUs)")
     p.add_argument("--input-scale", type=input_scale,
                    help="factor after mean subtraction: 'published' (1/255, for the published weights), "
                         "'vgg' (1) or a number (default: the model file's own convention, else 'published')")
@@ -214,14 +225,23 @@ def prototxt_arg(args: argparse.Namespace) -> str | None:
     return args.prototxt
 
 
+class UsageError(ValueError):
+    """Options that do not go together (int8 on PyTorch, real Caffe with OpenVINO): exit status 2."""
+
+
 def build_salicon(args: argparse.Namespace, **overrides):
     """The ``Salicon`` the arguments describe (--model, --prototxt/--fast,
-    --device, --engine, --precision, --input-scale and, where the subcommand has
+    --device, --engine, --runtime, --precision, --input-scale and, where the subcommand has
     them, --resize, --max-pixels, --postprocess); ``overrides`` win."""
+    from ..device import resolve_runtime
     from ..model import Salicon
 
+    try:
+        resolve_runtime(args.runtime, "fp32" if args.precision == "auto" else args.precision, args.engine)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     options = {"device": args.device, "engine": args.engine, "precision": args.precision,
-               "input_scale": args.input_scale}
+               "runtime": args.runtime, "input_scale": args.input_scale}
     for name in ("resize", "max_pixels", "postprocess"):
         if hasattr(args, name):
             options[name] = getattr(args, name)
@@ -230,12 +250,13 @@ def build_salicon(args: argparse.Namespace, **overrides):
 
 
 def model_problem(exc: Exception) -> int:
-    """Report a model that cannot be built (a bad file, or a post-processing this
-    model cannot give: its syntax was checked with the arguments); exit status 1."""
+    """Report a model that cannot be built: a bad file, or a post-processing this
+    model cannot give (its syntax was checked with the arguments), exit status 1;
+    options that do not go together, exit status 2."""
     from ..postprocess import PostProcessError
 
     error(f"--postprocess: {exc}" if isinstance(exc, PostProcessError) else str(exc))
-    return 1
+    return 2 if isinstance(exc, UsageError) else 1
 
 
 __all__ = ["subcommand", "HelpFormatter", "build_salicon", "model_problem", "error", "plural", "add_out", "add_model",

@@ -195,6 +195,12 @@ def _ray_problem(args: argparse.Namespace) -> int | None:
     if args.engine == "caffe":
         error("--ray runs the PyTorch engine; --engine caffe is for single-process predict")
         return 2
+    from ..device import resolve_runtime
+    try:
+        resolve_runtime(args.runtime, "fp32" if args.precision == "auto" else args.precision)
+    except ValueError as exc:
+        error(str(exc))
+        return 2
     return None
 
 
@@ -208,8 +214,9 @@ def _predict_on_ray(args: argparse.Namespace, items: list[Item], spec: OutputSpe
 
     options = RayOptions(model_path=args.model, prototxt=prototxt_arg(args), address=_address(args),
                          actors=args.actors, batch_size=args.batch_size, device=args.device,
-                         precision=args.precision, input_scale=args.input_scale, resize=args.resize,
-                         postprocess=args.postprocess, max_pixels=args.max_pixels, progress=not args.quiet)
+                         precision=args.precision, runtime=args.runtime, input_scale=args.input_scale,
+                         resize=args.resize, postprocess=args.postprocess, max_pixels=args.max_pixels,
+                         progress=not args.quiet)
     try:
         report = predict_on_ray(items, args.out, options, spec=spec)
     except (SaliconError, ValueError) as exc:

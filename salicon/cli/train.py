@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
                    help="stop after this many iterations (default: the solver's)")
     p.add_argument("--snapshot", type=non_negative_int,
                    help="snapshot interval in iterations, 0 for none but the last (default: the solver's)")
-    add_engine(p, "pytorch (auto), or real Caffe's own solver through pycaffe (CPU)")
+    add_engine(p, "pytorch (auto), or real Caffe's own solver through pycaffe (CPU)", inference=False)
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the image order and fillers")
     p.add_argument("--test", type=positive_float, default=0.1,
                    help="held-out images: a count, or a fraction if < 1")
