@@ -162,6 +162,7 @@ def main() -> None:
     result.update({
         "server_rss_mb_idle_after_load": round(idle_rss, 1), "server_alive_after": alive,
         "net": health["input_sizes"], "device": health["device"], "model": health["model"],
+        "precision": health.get("precision"), "runtime": health.get("runtime"),
         "bad_every": args.bad_every,
         "machine": {**cpu_features(), "cores": os.cpu_count(), "python": platform.python_version()},
         "command": " ".join(["python", "benchmarks/bench_serve.py", *sys.argv[1:]]),

@@ -134,6 +134,7 @@ def test_missing_ray_says_what_to_install(tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------- jobs
 
 
+@pytest.mark.slow
 def test_ray_maps_equal_predict_on_a_200_image_folder(ray_cluster, tmp_path, small_model, small_prototxt):
     photos = tmp_path / "photos"
     _write_images(photos, 200)

@@ -172,3 +172,49 @@ def test_shipped_int8_model_against_fp32_on_the_examples():
         reference = fp32.compute_saliency(path)
         assert cc(int8.compute_saliency(path), reference) >= 0.99, path.name
         assert cc(bf16.compute_saliency(path), reference) >= 0.99, path.name
+
+
+def test_serve_with_int8_on_a_small_net(small_int8, small_prototxt, photo):
+    pytest.importorskip("fastapi", reason="the web extra is not installed")
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from salicon.serve import SaliencyService
+    from salicon.webapp import create_app
+
+    model = Salicon(small_int8, small_prototxt, precision="int8")
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, format="PNG")
+    with TestClient(create_app(SaliencyService(model))) as client:
+        health = client.get("/api/health").json()
+        assert (health["precision"], health["runtime"]) == ("int8", "openvino")
+        r = client.post("/api/saliency", params={"format": "npy"}, files={"file": ("p.png", buf.getvalue())})
+        assert r.status_code == 200
+        served = np.load(io.BytesIO(r.content))
+    assert np.abs(served - model.compute_saliency(photo)).max() <= 1e-6
+
+
+@pytest.mark.slow
+def test_ray_with_int8_on_a_small_net(small_int8, small_prototxt, photo, tmp_path):
+    pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install -e '.[ray]')")
+    import ray
+
+    from salicon.batch import predict_on_ray
+    from salicon.inputs import list_inputs
+    from salicon.outputs import OutputSpec
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.roll(photo, 7 * i, axis=1)).save(folder / f"p{i}.png")
+    items, _ = list_inputs([str(folder)])
+    try:
+        report = predict_on_ray(items, str(tmp_path / "maps"), model_path=small_int8, prototxt=small_prototxt,
+                                precision="int8", spec=OutputSpec(npy=True), progress=False, num_cpus=2)
+    finally:
+        ray.shutdown()
+    assert report.ok and report.written == 4 and report.device == "cpu"
+    model = Salicon(small_int8, small_prototxt, precision="int8")
+    for it in items:
+        assert np.abs(np.load(tmp_path / "maps" / f"{it.stem}.npy") - model.compute_saliency(it.source)).max() <= 1e-5
