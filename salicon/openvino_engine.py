@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -103,8 +104,7 @@ def read_ir(path: PathLike):
     try:
         return ov.Core().read_model(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FormatError(f"{path}: not a readable OpenVINO model (truncated or damaged?): {first}") from None
+        raise FormatError(f"{path}: not a readable OpenVINO model (truncated or damaged?): {_reason(exc)}") from None
 
 
 def quantize_int8(prototxt: PathLike, weights: PathLike, samples: list[dict[str, np.ndarray]],
@@ -167,11 +167,17 @@ class OpenVINONet:
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
         try:
-            self.compiled = ov.Core().compile_model(model, "CPU", config)
+            self.compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise FormatError(f"{source}: OpenVINO cannot compile this model ({first})") from None
+            if precision != "bf16":
+                raise FormatError(f"{source}: OpenVINO cannot compile this model ({_reason(exc)})") from None
+            # No bfloat16 kernels for some layer on this CPU: the model still runs, in fp32.
+            warnings.warn(f"OpenVINO cannot run {Path(source).name} in bf16 on this CPU ({_reason(exc)}); "
+                          f"running it in fp32", stacklevel=3)
+            self.precision = "fp32"
+            self.compiled = core.compile_model(model, "CPU", {**config, "INFERENCE_PRECISION_HINT": "f32"})
 
     def check_net(self, input_shapes: Mapping[str, tuple], output: str) -> None:
         """Refuse a model made for another net: other inputs, sizes or output."""
@@ -185,6 +191,13 @@ class OpenVINONet:
         request = self.compiled.create_infer_request()  # one per call: callers may share the net
         results = request.infer({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()})
         return {out.get_any_name(): np.array(value) for out, value in results.items()}
+
+
+def _reason(exc: Exception) -> str:
+    """The informative line of an OpenVINO error (its first lines only say where it was raised)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [type(exc).__name__])[-1][:300]
 
 
 def _static_shape(port, source: str) -> tuple[int, ...]:
