@@ -59,7 +59,7 @@ def main() -> int:
         print(json.dumps(child(*args.child, args.repeat)))
         return 0
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from machine import cpu_features
+    from machine import cpu_features, write_report
 
     rows = []
     for cap, (onednn, aten) in CAPS.items():
@@ -77,9 +77,7 @@ def main() -> int:
                   flush=True)
     report = {"command": "python benchmarks/bench_isa.py", "machine": cpu_features(), "repeat": args.repeat,
               "rows": rows}
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    write_report(args.json, report)
     return 0
 
 

@@ -9,7 +9,6 @@ image, the correlation of the raw 38x50 maps of int8 and bf16 with fp32.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import cpu_features  # noqa: E402
+from machine import cpu_features, write_report  # noqa: E402
 
 from salicon import Salicon  # noqa: E402
 from salicon.data import open_dataset  # noqa: E402
@@ -82,9 +81,7 @@ def main() -> int:
         print(f"{label:16s} " + " ".join(f"{m} {means[label][m]:.4f}" for m in METRICS))
     for name, stats in report["raw_map_cc_with_fp32"].items():
         print(f"raw 38x50 maps, {name} vs fp32: CC min {stats['min']:.5f}, median {stats['median']:.5f}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    write_report(args.json, report)
     return 0
 
 

@@ -1,7 +1,9 @@
 """What the benchmarks record about the machine they ran on."""
 from __future__ import annotations
 
+import json
 import platform
+from pathlib import Path
 
 
 def cpu_features() -> dict:
@@ -29,3 +31,12 @@ def cpu_features() -> dict:
         capability = "unknown"
     return {"model": model, "flags": [f for f in wanted if f in flags],
             "native_bf16": bool({"avx512_bf16", "amx_bf16"} & flags), "torch_capability": capability}
+
+
+def write_report(path: Path | None, report: dict) -> None:
+    """Write a benchmark's results as JSON (when a path is given) and say where."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
