@@ -52,7 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     service = SaliencyService(model, max_pixels=args.max_pixels, max_upload_bytes=int(args.max_upload_mb * 1e6),
                               batch_size=args.batch_size, max_queue=args.queue)
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
-    print(f"salicon serve: {model.model_path.name} on {model.device}; open {url} (API: {url}/docs); "
+    print(f"salicon serve: {model.model_path.name} ({model.precision}, {model.runtime}) on {model.device}; open {url} "
+          f"(API: {url}/docs); "
           f"Ctrl-C stops", file=sys.stderr)
     run_server(service, args.host, args.port, log_level="info" if args.verbose else "warning")
     return 0
