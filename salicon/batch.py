@@ -307,10 +307,11 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
         options = dataclasses.replace(options, precision=auto_precision(
             options.model_path, options.prototxt, options.device, options.runtime))
     runtime = resolve_runtime(options.runtime, options.precision)
-    net = Net(options.prototxt, phase="test")
     if runtime == "openvino":  # the model's OpenVINO file, compiled once here as the actors will
-        Salicon(options.model_path, options.prototxt, device="cpu", precision=options.precision, runtime=runtime)
+        net = Salicon(options.model_path, options.prototxt, device="cpu", precision=options.precision,
+                      runtime=runtime).net
     else:
+        net = Net(options.prototxt, phase="test")
         net.copy_from(options.model_path, strict=True)
     post = load_postprocess(options.model_path, options.postprocess)
     pre = _preprocess_spec(net, options)
