@@ -5,7 +5,8 @@
   half-written file nor removes an older one;
 - :func:`png_bytes`, :func:`npy_bytes`: the encodings of a map;
 - :class:`OutputSpec`: which files an image gets (``<stem>.png``, ``.npy``,
-  ``_overlay.png``, Parquet rows) and :class:`OutputStore`, the folder they go
+  ``_overlay.png``, Parquet rows; or, for a benchmark submission, one float64
+  ``<stem>.npy`` probability map or log-density) and :class:`OutputStore`, the folder they go
   to (a local path or a URI);
 - :func:`write_map`: one image's files, used by ``salicon predict`` and by the
   Ray actors of ``predict --ray`` alike; :class:`WriteCounts`, what a job
@@ -29,6 +30,7 @@ import numpy as np
 
 from .errors import SaliconError
 from .inputs import Item, is_uri, split_uri
+from .postprocess import log_density, to_probability
 from .types import PathLike
 from .visualize import overlay, threshold_map, to_uint8
 
@@ -39,6 +41,9 @@ STORES = ("png", "parquet", "both")
 #: so its presence marks an image whose files are all there.
 KINDS = ("npy", "overlay", "map")
 _SUFFIXES = {"map": ".png", "npy": ".npy", "overlay": "_overlay.png"}
+#: What the map file holds: an 8-bit PNG, or (float64 .npy, as the MIT/Tübingen
+#: benchmark and pysaliency read them) a probability map or its log.
+MAP_FORMATS = ("png", "probability", "log-density")
 
 
 class OutputError(SaliconError):
@@ -85,10 +90,10 @@ def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
     return buf.getvalue()
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    """A map encoded as a float32 .npy file."""
+def npy_bytes(array: np.ndarray, dtype: type = np.float32) -> bytes:
+    """A map encoded as a .npy file (float32 unless ``dtype`` says otherwise)."""
     buf = io.BytesIO()
-    np.save(buf, np.asarray(array, dtype=np.float32))
+    np.save(buf, np.asarray(array, dtype=dtype))
     return buf.getvalue()
 
 
@@ -141,6 +146,14 @@ class OutputSpec:
     overlay: bool = False         # heatmap over the image, <stem>_overlay.png
     threshold: float | None = None
     parquet_map: str = "png"      # map column of the shards: png (8-bit PNG bytes) or float16
+    format: str = "png"           # the map file: png, or probability / log-density (float64 .npy)
+
+    def __post_init__(self):
+        if self.format not in MAP_FORMATS:
+            raise ValueError(f"format must be one of {MAP_FORMATS}, not {self.format!r}")
+        if self.format != "png" and (self.npy or self.threshold is not None or self.store != "png"):
+            raise ValueError(f"format {self.format} writes one float64 <name>.npy per image: it does not go "
+                             f"with --npy, --threshold or Parquet shards")
 
     @property
     def png(self) -> bool:
@@ -158,7 +171,15 @@ class OutputSpec:
 
     def targets(self, stem: str) -> dict[str, str]:
         """Kind -> file (relative to OUT, posix separators) of ``stem``'s outputs."""
-        return {kind: stem + _SUFFIXES[kind] for kind in self.kinds()}
+        suffixes = _SUFFIXES if self.format == "png" else {**_SUFFIXES, "map": ".npy"}
+        return {kind: stem + suffixes[kind] for kind in self.kinds()}
+
+    def encode_map(self, saliency_map: np.ndarray) -> bytes:
+        """The map file's bytes: an 8-bit PNG, or a float64 probability map / log-density."""
+        if self.format == "png":
+            return png_bytes(to_uint8(saliency_map))
+        density = to_probability(saliency_map) if self.format == "probability" else log_density(saliency_map)
+        return npy_bytes(density, np.float64)
 
     def files(self, stem: str) -> list[str]:
         """The per-image files that must exist for ``stem`` to be done."""
@@ -263,12 +284,12 @@ def write_map(store: OutputStore, stem: str, saliency_map: np.ndarray, spec: Out
     if spec.threshold is not None:
         saliency_map = threshold_map(saliency_map, spec.threshold)
     result = MapWrite()
-    encoders = {"map": lambda: png_bytes(to_uint8(saliency_map)), "npy": lambda: npy_bytes(saliency_map),
+    encoders = {"map": lambda: spec.encode_map(saliency_map), "npy": lambda: npy_bytes(saliency_map),
                 "overlay": lambda: png_bytes(overlay(image(), saliency_map))}
     for kind, rel in spec.targets(stem).items():
         try:
             data = encoders[kind]()
-            if kind == "map":
+            if kind == "map" and spec.format == "png":
                 result.map_png = data
             store.write(rel, data)
             result.written.append(kind)

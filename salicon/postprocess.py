@@ -235,6 +235,22 @@ class PostProcess:
             raise PostProcessError(f"malformed post-processing {data!r} ({exc})") from None
 
 
+def to_probability(saliency_map: np.ndarray) -> np.ndarray:
+    """``saliency_map`` (non-negative) as a probability map: float64, positive
+    everywhere (a floor of ``PROBABILITY_FLOOR`` x its mean), summing to 1."""
+    p = np.asarray(saliency_map, dtype=np.float64)
+    if p.ndim != 2 or not np.isfinite(p).all() or p.min() < 0:
+        raise PostProcessError("a probability map needs a finite, non-negative 2-D saliency map")
+    p = p + PROBABILITY_FLOOR * max(float(p.mean()), 1e-30)
+    return p / p.sum()
+
+
+def log_density(saliency_map: np.ndarray) -> np.ndarray:
+    """The log-density of ``saliency_map`` (float64, ``exp`` sums to 1 over the
+    image): the MIT/Tübingen benchmark's and pysaliency's form of a prediction."""
+    return np.log(to_probability(saliency_map))
+
+
 def parse_postprocess(spec: str | PostProcess | None, learned: CenterPrior | None = None,
                       default: PostProcess | None = None) -> PostProcess:
     """A :class:`PostProcess` from a specification string.

@@ -1,9 +1,11 @@
 """``salicon predict``: a saliency map for each image, in this process or as a Ray job.
 
-Write a saliency map PNG (8-bit, the image's size) for each image. Inputs
-are image files, folders (their image files), globs and .txt/.csv/.parquet
-lists of paths. A file that fails is reported and skipped; the exit status
-is 1 if any failed.
+Write a saliency map PNG (8-bit, the image's size) for each image, or with
+--format probability / log-density one float64 <name>.npy (a benchmark
+submission: the MIT/Tübingen benchmark's and pysaliency's form). Inputs are
+image files, folders (their image files), globs and .txt/.csv/.parquet lists
+of paths. A file that fails is reported and skipped; the exit status is 1 if
+any failed.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Callable
 from ..errors import SaliconError
 from ..image import DEFAULT_MAX_PIXELS, load_image
 from ..inputs import Item, is_uri, list_inputs
-from ..outputs import (STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder, find_clashes,
+from ..outputs import (MAP_FORMATS, STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder, find_clashes,
                        remove_empty_folders, write_map)
 from .options import (add_engine, add_max_pixels, add_model, add_out, add_postprocess, add_quiet, build_salicon, error,
                       model_problem, plural, positive_int, prototxt_arg, subcommand)
@@ -50,6 +52,9 @@ def add_parser(sub) -> None:
     p.add_argument("--resize", default="spline", choices=["spline", "scipy", "bilinear"],
                    help="resize method (spline = the published cubic zoom, computed fast)")
     add_postprocess(p)
+    p.add_argument("--format", default="png", choices=MAP_FORMATS,
+                   help="the map file: an 8-bit PNG (default), or <name>.npy holding the float64 probability map "
+                        "(sums to 1) or its log-density, as the MIT/Tübingen benchmark and pysaliency read them")
     p.add_argument("--npy", action="store_true", help="also write the float32 map as .npy")
     p.add_argument("--overlay", action="store_true", help="also write a heatmap over the image (_overlay.png)")
     p.add_argument("--threshold", type=unit_fraction, metavar="T",
@@ -77,7 +82,7 @@ def _add_ray_options(p: argparse.ArgumentParser) -> None:
 
 def _spec(args: argparse.Namespace) -> OutputSpec:
     return OutputSpec(store=args.store, npy=args.npy, overlay=args.overlay, threshold=args.threshold,
-                      parquet_map=args.parquet_map)
+                      parquet_map=args.parquet_map, format=args.format)
 
 
 def _prepare(args: argparse.Namespace, spec: OutputSpec, local_only: bool) -> tuple[list[Item], int, list] | int:
@@ -113,7 +118,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     problem = _ray_problem(args) if args.ray is not None else _local_problem(args)
     if problem is not None:
         return problem
-    spec = _spec(args)
+    try:
+        spec = _spec(args)
+    except ValueError as exc:
+        error(str(exc))
+        return 2
     prepared = _prepare(args, spec, local_only=args.ray is None)
     if isinstance(prepared, int):
         return prepared

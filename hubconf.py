@@ -1,0 +1,41 @@
+"""torch.hub entry points: the pretrained SALICON model from this repository.
+
+    import torch
+    salicon = torch.hub.load("path/to/checkout", "salicon_osie", source="local")   # or "OWNER/REPO"
+    saliency_map = salicon.compute_saliency("photo.jpg")           # HxW float32 in [0, 1]
+
+    net = torch.hub.load("path/to/checkout", "salicon_net", source="local", pretrained=True)
+    outputs = net(fine_scale=x, coarse_scale=y)   # N x 3 x 1200 x 1600 and 600 x 800; a dict of blobs
+
+The weights are the shipped model (models/salicon_osie.safetensors, SALICON
+trained on OSIE); nothing is downloaded beyond the repository itself.
+"""
+from __future__ import annotations
+
+dependencies = ["torch", "numpy", "scipy", "skimage", "PIL", "google.protobuf"]
+
+
+def salicon_osie(**kwargs):
+    """The ready predictor: :class:`salicon.Salicon` with the shipped pretrained
+    model (its default post-processing). Keyword arguments go to ``Salicon``:
+    ``device``, ``precision``, ``postprocess``, ``prototxt``, ``model`` (another
+    weights file), ..."""
+    from salicon import Salicon
+
+    return Salicon(**kwargs)
+
+
+def salicon_net(pretrained: bool = True, prototxt: str | None = None, device: str = "cpu"):
+    """The two-scale net of ``prototxt`` (default: the shipped test net) as a
+    ``torch.nn.Module`` (:class:`salicon.engine.Net`, in eval mode), with the
+    shipped weights when ``pretrained``; called with the input blobs by name
+    (``fine_scale``: N x 3 x 1200 x 1600, ``coarse_scale``: N x 3 x 600 x 800, BGR, mean
+    subtracted, scaled by 1/255), it returns a dict of output blobs, the
+    saliency map under ``"saliency_map_out"``."""
+    from salicon.engine import Net
+    from salicon.pretrained import default_model_path, prototxt_path
+
+    net = Net(prototxt if prototxt is not None else prototxt_path(), phase="test", device=device)
+    if pretrained:
+        net.copy_from(default_model_path(), strict=True)
+    return net.eval()

@@ -1,0 +1,42 @@
+"""hubconf.py: torch.hub.load(..., source="local") on the checkout."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from salicon import Salicon
+from salicon.engine import Net
+from salicon.pretrained import default_model_path
+
+from .conftest import ROOT
+
+
+def test_an_unknown_entry_point_is_refused():
+    with pytest.raises(RuntimeError, match="salicon_typo"):
+        torch.hub.load(str(ROOT), "salicon_typo", source="local")
+
+
+def test_salicon_net_carries_the_shipped_weights():
+    net = torch.hub.load(str(ROOT), "salicon_net", source="local", pretrained=True)
+    assert isinstance(net, torch.nn.Module) and not net.training
+    reference = Net(ROOT / "prototxt" / "salicon.prototxt", phase="test")
+    reference.copy_from(default_model_path(), strict=True)
+    got, expected = net.state_dict(), reference.state_dict()
+    assert got.keys() == expected.keys() and len(got) > 0
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
+def test_salicon_net_untrained_on_an_edited_prototxt_runs(small_prototxt):
+    net = torch.hub.load(str(ROOT), "salicon_net", source="local", pretrained=False, prototxt=str(small_prototxt))
+    inputs = {name: torch.zeros(shape) for name, shape in net.input_shapes.items()}
+    assert net(**inputs)["saliency_map_out"].shape[-2:] == (4, 5)
+
+
+@pytest.mark.slow
+def test_salicon_osie_is_the_ready_predictor():
+    salicon = torch.hub.load(str(ROOT), "salicon_osie", source="local", precision="fp32")
+    assert isinstance(salicon, Salicon) and salicon.model_path == default_model_path()
+    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(salicon.compute_saliency(image), Salicon(precision="fp32").compute_saliency(image))
