@@ -250,14 +250,16 @@ def use_token_auth(address: str | None) -> None:
             pass
 
 
-def _connect(address: str | None, num_cpus: int | None):
+def connect_ray(address: str | None, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
+    """Start a private Ray instance (``address`` None or ``"local"``) or join a
+    cluster (``"auto"``, ``"ray://host:10001"``, ``host:port``), quietly."""
     import ray
 
     if ray.is_initialized():
         return
     # Ray's own start-up notices would bury the progress bar; errors still show.
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR",
-                              "log_to_driver": False, "configure_logging": True}
+                              "log_to_driver": log_to_driver, "configure_logging": True}
     if address in (None, "", "local"):
         # A private instance has no dashboard to show metrics: do not collect them.
         os.environ.setdefault("RAY_enable_metrics_collection", "0")
@@ -383,7 +385,7 @@ def _run_pipeline(todo: list[Item], out: str, pre: PreprocessSpec, post, options
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    _connect(options.address, options.num_cpus)
+    connect_ray(options.address, options.num_cpus)
     _quiet_ray_data()
     resources = ray.cluster_resources()
     n_actors, actor_args, task_cpus, calls, threads, actor_device = _placement(

@@ -219,6 +219,8 @@ class SaliencyService:
         self._prepare = threading.BoundedSemaphore(max(1, prepare_slots))
         self.started = time.time()
         self.failed_requests = 0
+        #: Extra fields of /api/health (which server and replica answered, on Ray Serve).
+        self.labels: dict[str, Any] = {}
 
     def health(self) -> dict[str, Any]:
         model = self.model
@@ -240,6 +242,7 @@ class SaliencyService:
             "images": self.worker.images,
             "seconds_per_image": self.worker.seconds_per_image,
             "uptime_s": round(time.time() - self.started, 1),
+            **self.labels,
         }
 
     def check_upload(self, name: str, data: bytes) -> None:

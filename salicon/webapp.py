@@ -214,7 +214,7 @@ def _add_api_routes(app, service: SaliencyService) -> None:
     @app.get("/api/results/{key}/{what}", summary="a kept result: map.png, map.npy or overlay.png")
     async def result(key: str, what: str,
                      alpha: float = Query(0.5, ge=0.0, le=1.0), threshold: float = Query(0.0, ge=0.0, le=1.0)):
-        kept = service.cache.get(key)
+        kept = await run_in_threadpool(service.cache.get, key)  # the cache may be remote (Ray Serve)
         body, media, filename = await run_in_threadpool(_render_kept, service, kept, what, alpha, threshold)
         return Response(body, media_type=media,
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})

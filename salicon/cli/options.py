@@ -229,24 +229,32 @@ class UsageError(ValueError):
     """Options that do not go together (int8 on PyTorch, real Caffe with OpenVINO): exit status 2."""
 
 
-def build_salicon(args: argparse.Namespace, **overrides):
-    """The ``Salicon`` the arguments describe (--model, --prototxt/--fast,
-    --device, --engine, --runtime, --precision, --input-scale and, where the subcommand has
-    them, --resize, --max-pixels, --postprocess); ``overrides`` win."""
+def salicon_options(args: argparse.Namespace, **overrides) -> dict:
+    """The ``Salicon`` keyword arguments the arguments describe (--model,
+    --prototxt/--fast, --device, --engine, --runtime, --precision,
+    --input-scale and, where the subcommand has them, --resize, --max-pixels,
+    --postprocess); ``overrides`` win. Options that do not go together raise
+    UsageError."""
     from ..device import resolve_runtime
-    from ..model import Salicon
 
     try:
         resolve_runtime(args.runtime, "fp32" if args.precision == "auto" else args.precision, args.engine)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    options = {"device": args.device, "engine": args.engine, "precision": args.precision,
-               "runtime": args.runtime, "input_scale": args.input_scale}
+    options = {"model": args.model, "prototxt": prototxt_arg(args), "device": args.device, "engine": args.engine,
+               "precision": args.precision, "runtime": args.runtime, "input_scale": args.input_scale}
     for name in ("resize", "max_pixels", "postprocess"):
         if hasattr(args, name):
             options[name] = getattr(args, name)
     options.update(overrides)
-    return Salicon(args.model, prototxt_arg(args), **options)
+    return options
+
+
+def build_salicon(args: argparse.Namespace, **overrides):
+    """The ``Salicon`` the arguments describe (see :func:`salicon_options`)."""
+    from ..model import Salicon
+
+    return Salicon(**salicon_options(args, **overrides))
 
 
 def model_problem(exc: Exception) -> int:
@@ -259,7 +267,7 @@ def model_problem(exc: Exception) -> int:
     return 2 if isinstance(exc, UsageError) else 1
 
 
-__all__ = ["subcommand", "HelpFormatter", "build_salicon", "model_problem", "error", "plural", "add_out", "add_model",
+__all__ = ["subcommand", "HelpFormatter", "build_salicon", "salicon_options", "model_problem", "error", "plural", "add_out", "add_model",
            "add_engine", "add_postprocess", "add_max_pixels", "add_quiet", "prototxt_arg", "positive_int",
            "non_negative_int", "positive_float", "whole_number", "duration", "max_pixels", "input_scale",
            "device", "postprocess_spec", "DEFAULT_MAX_PIXELS", "INPUT_SCALES", "FAST_PROTOTXT"]

@@ -1,9 +1,10 @@
-"""``salicon serve``: the web page and the HTTP API on one model instance.
+"""``salicon serve``: the web page and the HTTP API, in one process or on Ray Serve.
 
 Serve a page (drop images, see the map and the heatmap, download them) and
 an HTTP API (POST /api/saliency, GET /api/health; documentation at /docs,
 served offline) on one model instance. Requests queue for the net: one
-forward pass at a time, batched on a GPU.
+forward pass at a time, batched on a GPU. With --ray the same app runs as a
+Ray Serve deployment: one model per replica, on this machine or a cluster.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 from ..errors import SaliconError
 from ..serve import DEFAULT_MAX_PIXELS
 from .options import (add_engine, add_max_pixels, add_model, add_postprocess, build_salicon, error, model_problem,
-                      positive_float, positive_int, subcommand, whole_number)
+                      non_negative_int, positive_float, positive_int, salicon_options, subcommand, whole_number)
 
 
 def add_parser(sub) -> None:
@@ -30,10 +31,37 @@ def add_parser(sub) -> None:
     p.add_argument("--queue", type=positive_int, default=16,
                    help="most images waiting for the net; beyond it requests get 503 (busy)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    _add_ray_options(p)
     p.set_defaults(func=cmd_serve)
 
 
+#: Options of --ray only, with their defaults.
+_RAY_ONLY = {"replicas": None, "min_replicas": None, "max_replicas": None, "replica_cpus": None,
+             "request_timeout": 300.0}
+
+
+def _add_ray_options(p: argparse.ArgumentParser) -> None:
+    ray = p.add_argument_group("on Ray Serve (pip install -e \".[serve]\"; see the README's 'Serving on a cluster')")
+    ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="run the same app as a Ray Serve deployment, one model per replica (a GPU each on GPU "
+                          "nodes). Without ADDRESS a local Ray instance; 'auto' or ray://HOST:10001 joins a cluster")
+    ray.add_argument("--replicas", type=positive_int, help="model replicas (default 1)")
+    ray.add_argument("--min-replicas", type=non_negative_int, metavar="N",
+                     help="autoscaling: fewest replicas (with --max-replicas)")
+    ray.add_argument("--max-replicas", type=positive_int, metavar="N", help="autoscaling: most replicas")
+    ray.add_argument("--replica-cpus", type=positive_float, metavar="N",
+                     help="CPUs per replica (default: the cluster's CPUs shared by the replicas; 1 on GPU nodes)")
+    ray.add_argument("--request-timeout", type=positive_float, default=300.0, metavar="S",
+                     help="seconds before the proxy gives up on a request")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        return _serve_on_ray(args)
+    for name, default in _RAY_ONLY.items():
+        if getattr(args, name) != default:
+            error(f"--{name.replace('_', '-')} applies to salicon serve --ray only")
+            return 2
     from ..serve import SaliencyService, web_dependencies_missing
     from ..webapp import run_server
 
@@ -75,3 +103,73 @@ def listen_problem(host: str, port: int) -> str | None:
         except OSError as exc:
             return exc.strerror or str(exc)
     return None
+
+
+def _serve_on_ray(args: argparse.Namespace) -> int:
+    from ..batch import use_token_auth
+    from ..serve_ray import ServeError, ServeOptions, run_on_ray, serve_dependencies_missing
+
+    address = None if args.ray == "local" else args.ray
+    use_token_auth(address)  # before Ray is imported
+    missing = serve_dependencies_missing()
+    if missing:
+        error(missing)
+        return 1
+    if args.engine == "caffe":
+        error("--ray runs the PyTorch engine; --engine caffe is for the single-process server")
+        return 2
+    if args.replicas is not None and args.max_replicas is not None:
+        error("give --replicas (a fixed number) or --min-replicas/--max-replicas (autoscaling), not both")
+        return 2
+    problem = listen_problem(args.host, args.port) if address is None else None
+    if problem:
+        error(f"cannot serve on {args.host}:{args.port}: {problem}")
+        return 1
+    try:
+        options = ServeOptions(
+            salicon=_checked_salicon_options(args), max_pixels=args.max_pixels,
+            max_upload_bytes=int(args.max_upload_mb * 1e6), batch_size=args.batch_size, max_queue=args.queue,
+            replicas=args.replicas or 1, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+            replica_cpus=args.replica_cpus, host=args.host, port=args.port,
+            request_timeout_s=args.request_timeout, address=address)
+    except ServeError as exc:
+        error(str(exc))
+        return 2
+    except (SaliconError, ValueError) as exc:
+        return model_problem(exc)
+    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
+
+    def ready(resources: dict) -> None:
+        replicas = (f"{options.replicas} replica(s)" if options.min_replicas is None
+                    else f"{options.min_replicas}-{options.max_replicas} replicas (autoscaling)")
+        each = ", ".join(f"{v:g} {k[4:].upper()}" for k, v in sorted(resources.items()))
+        print(f"salicon serve --ray: {replicas}, each {each}; open {url} (API: {url}/docs); Ctrl-C stops",
+              file=sys.stderr)
+
+    print(f"salicon serve --ray: starting Ray Serve{' on ' + address if address else ''} ...", file=sys.stderr)
+    try:
+        run_on_ray(options, on_ready=ready)
+    except KeyboardInterrupt:
+        return 0
+    except (SaliconError, ConnectionError) as exc:
+        error(str(exc))
+        return 1
+    return 0
+
+
+def _checked_salicon_options(args: argparse.Namespace) -> dict:
+    """Each replica's Salicon arguments (absolute paths: replicas run elsewhere),
+    after the driver has read the files once (no forward pass) so bad ones are
+    reported before any cluster work. Precision "auto" is left to each replica's
+    hardware."""
+    from pathlib import Path
+
+    from ..model import Salicon
+    from ..pretrained import default_model_path, prototxt_path
+
+    options = salicon_options(args)
+    options["model"] = str(Path(options["model"] or default_model_path()).resolve())
+    options["prototxt"] = str(Path(options["prototxt"] or prototxt_path()).resolve())
+    checked = Salicon(**{**options, "device": "cpu", "precision": "fp32", "runtime": "pytorch"})
+    del checked
+    return options
