@@ -8,7 +8,12 @@ quarter of the run, to show whether it grows) and failed requests. With
 --bad-every K, every K-th request of a client is a text file named .jpg,
 which must be refused with 415 (counted apart, not as a failure).
 
+--configs runs several servers one after the other in the same run:
+``single`` (salicon serve), ``ray:N`` (salicon serve --ray --replicas N on a
+local Ray instance; memory is then the sum over the driver and the replicas).
+
     python benchmarks/bench_serve.py --clients 8 --seconds 60 --json benchmarks/results/serve_2core.json
+    python benchmarks/bench_serve.py --configs single,ray:1,ray:2 --json benchmarks/results/serve_ray_2core.json
 """
 from __future__ import annotations
 
@@ -33,11 +38,24 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process (MB), from /proc."""
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:  # it exited (a replica restarting)
+        return 0.0
     return float("nan")
+
+
+def replica_pids() -> list[int]:
+    """The Ray Serve replicas of salicon serve --ray (model replicas and the result store)."""
+    lines = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return [int(line.split()[0]) for line in lines if "ServeReplica:salicon:" in line]
+
+
+def server_rss_mb(pid: int, ray: bool) -> float:
+    return rss_mb(pid) + (sum(rss_mb(p) for p in replica_pids()) if ray else 0.0)
 
 
 def free_port() -> int:
@@ -46,22 +64,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
+def start_server(extra: list[str], ray: bool = False) -> tuple[subprocess.Popen, str]:
+    """Start salicon serve; return once it answers (on Ray: once every replica is up)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "salicon", "serve", "--port", str(port), *extra],
                             stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {proc.stderr.read()}")
+            raise SystemExit(f"the server exited: {''.join(lines)}")
+        ready = not ray or any("Ctrl-C stops" in line for line in lines)
         try:
-            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+            if ready and httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
-    raise SystemExit("the server did not start within 120 s")
+    raise SystemExit("the server did not start within 300 s")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -72,7 +95,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def run(url: str, pid: int, clients: int, seconds: float, bad_every: int) -> dict:
+def run(url: str, pid: int, clients: int, seconds: float, bad_every: int, ray: bool = False) -> dict:
     images = [(p.name, p.read_bytes()) for p in EXAMPLES]
     latencies: list[float] = []
     failures: list[str] = []
@@ -85,7 +108,7 @@ def run(url: str, pid: int, clients: int, seconds: float, bad_every: int) -> dic
 
     def sample():
         while not stop_sampling.is_set():
-            memory.append((time.perf_counter() - start, rss_mb(pid)))
+            memory.append((time.perf_counter() - start, server_rss_mb(pid, ray)))
             stop_sampling.wait(0.25)
 
     def client(index: int):
@@ -144,23 +167,49 @@ def main() -> None:
     parser.add_argument("--bad-every", type=int, default=0, help="every K-th request is a non-image (0: none)")
     parser.add_argument("--fast", action="store_true", help="serve the half-size net (salicon serve --fast)")
     parser.add_argument("--serve-args", default="", help="more arguments for salicon serve")
+    parser.add_argument("--configs", default="single",
+                        help="servers to load, one after the other: single, ray:N (comma-separated)")
     parser.add_argument("--json", help="append the result to this JSON file (a list of runs)")
     args = parser.parse_args()
 
     extra = (["--fast"] if args.fast else []) + args.serve_args.split()
-    proc, url = start_server(extra)
+    ok = True
+    for config in args.configs.split(","):
+        result = measure(config.strip(), extra, args)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            path = Path(args.json)
+            runs = json.loads(path.read_text()) if path.exists() else []
+            runs.append(result)
+            path.write_text(json.dumps(runs, indent=2) + "\n")
+        ok = ok and not result["failed"] and result["server_alive_after"]
+    if not ok:
+        sys.exit(1)
+
+
+def measure(config: str, extra: list[str], args: argparse.Namespace) -> dict:
+    """One server of ``config`` (single or ray:N) under the load the arguments describe."""
+    ray = config.startswith("ray:")
+    if ray:
+        extra = [*extra, "--ray", "--replicas", config.split(":", 1)[1]]
+    elif config != "single":
+        raise SystemExit(f"--configs: unknown server {config!r} (single or ray:N)")
+    started = time.perf_counter()
+    proc, url = start_server(extra, ray)
+    start_s = time.perf_counter() - started
     try:
-        idle_rss = rss_mb(proc.pid)
         health = httpx.get(f"{url}/api/health").json()
         httpx.post(f"{url}/api/saliency", files={"file": (EXAMPLES[0].name, EXAMPLES[0].read_bytes())},
                    timeout=900)  # warm-up, not counted
-        result = run(url, proc.pid, args.clients, args.seconds, args.bad_every)
+        idle_rss = server_rss_mb(proc.pid, ray)
+        result = run(url, proc.pid, args.clients, args.seconds, args.bad_every, ray)
         alive = proc.poll() is None and httpx.get(f"{url}/api/health").status_code == 200
     finally:
         proc.terminate()
-        proc.wait(timeout=60)
+        proc.wait(timeout=120)
     result.update({
-        "server_rss_mb_idle_after_load": round(idle_rss, 1), "server_alive_after": alive,
+        "server": config, "start_s": round(start_s, 1),
+        "server_rss_mb_after_warmup": round(idle_rss, 1), "server_alive_after": alive,
         "net": health["input_sizes"], "device": health["device"], "model": health["model"],
         "precision": health.get("precision"), "runtime": health.get("runtime"),
         "bad_every": args.bad_every,
@@ -168,14 +217,7 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/bench_serve.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
     })
-    print(json.dumps(result, indent=2))
-    if args.json:
-        path = Path(args.json)
-        runs = json.loads(path.read_text()) if path.exists() else []
-        runs.append(result)
-        path.write_text(json.dumps(runs, indent=2) + "\n")
-    if result["failed"] or not alive:
-        sys.exit(1)
+    return result
 
 
 if __name__ == "__main__":

@@ -87,3 +87,28 @@ def test_clashes_between_outputs_and_inputs(tmp_path):
     assert find_clashes(items, str(tmp_path), OutputSpec()) == [(str(tmp_path / "a.png"), str(tmp_path / "a.png"))]
     assert find_clashes(items, str(tmp_path / "maps"), OutputSpec()) == []
     assert find_clashes(items, "s3://bucket/maps", OutputSpec()) == []
+
+
+@pytest.mark.parametrize("fmt", ["probability", "log-density"])
+def test_density_formats_write_one_float64_npy_per_image(tmp_path, fmt):
+    rng = np.random.default_rng(2)
+    sal = rng.random((30, 40)).astype(np.float32)
+    spec = OutputSpec(format=fmt, overlay=True)
+    assert spec.files("sub/x") == ["sub/x_overlay.png", "sub/x.npy"]
+    result = write_map(OutputStore(str(tmp_path)), "sub/x", sal, spec, image=lambda: np.zeros((30, 40, 3), np.uint8))
+    assert result.ok and result.map_png is None
+    saved = np.load(tmp_path / "sub" / "x.npy")
+    assert saved.dtype == np.float64 and saved.shape == sal.shape
+    density = np.exp(saved) if fmt == "log-density" else saved
+    assert density.sum() == pytest.approx(1.0, abs=1e-12)
+    # proportional to the map, up to the small floor that keeps the log finite
+    expected = sal.astype(np.float64) + 1e-6 * sal.mean(dtype=np.float64)
+    np.testing.assert_allclose(density, expected / expected.sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fields", [{"npy": True}, {"threshold": 0.5}, {"store": "parquet"}])
+def test_density_formats_refuse_what_they_cannot_write(fields):
+    with pytest.raises(ValueError, match="float64"):
+        OutputSpec(format="log-density", **fields)
+    with pytest.raises(ValueError, match="format must be one of"):
+        OutputSpec(format="jpeg")

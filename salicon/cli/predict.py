@@ -20,8 +20,8 @@ from typing import Callable
 from ..errors import SaliconError
 from ..image import DEFAULT_MAX_PIXELS, load_image
 from ..inputs import Item, is_uri, list_inputs
-from ..outputs import (MAP_FORMATS, STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder, find_clashes,
-                       remove_empty_folders, write_map)
+from ..outputs import (MAP_FORMATS, STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder,
+                       find_clashes, remove_empty_folders, write_map)
 from .options import (add_engine, add_max_pixels, add_model, add_out, add_postprocess, add_quiet, build_salicon, error,
                       model_problem, plural, positive_int, prototxt_arg, subcommand)
 
