@@ -35,6 +35,7 @@ LAYERS = {
     "salicon.model": 7,
     # 8: applications of the model
     "salicon.train": 8, "salicon.batch": 8, "salicon.serve": 8, "salicon.pysaliency": 8,
+    "salicon.pycaffe": 8, "salicon.pycaffe.__main__": 8,
     # 9: the web application, in one process or on Ray Serve
     "salicon.webapp": 9, "salicon.serve_ray": 9,
     # 10: the command line
