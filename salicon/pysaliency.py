@@ -102,15 +102,21 @@ class CenterBiasModel(pysaliency.Model):
         return np.log(EPS + to_probability(bias))
 
 
-def load_osie(root: PathLike, names: Sequence[str] | None = None, split: PathLike | None = None
-              ) -> tuple["pysaliency.FileStimuli", "pysaliency.Fixations"]:
+def load_osie(root: PathLike, names: Sequence[str] | None = None, split: PathLike | None = None,
+              unique_pixels: bool = False) -> tuple["pysaliency.FileStimuli", "pysaliency.Fixations"]:
     """OSIE (``root/stimuli``, ``root/fixations.mat``) as pysaliency stimuli and
     fixations (one subject id per observer), restricted to ``names`` or to the
     images of a ``split`` file. Coordinates follow pysaliency's convention
     (pixel i spans [i, i+1), so it truncates them to index a map): OSIE's
     pixel-centre coordinates plus 0.5, which indexes the same pixels as
-    ``salicon evaluate``'s rounding."""
+    ``salicon evaluate``'s rounding.
+
+    ``unique_pixels``: one fixation per fixated pixel, the MIT benchmark's
+    binary fixation map that ``salicon evaluate`` scores; by default every
+    fixation counts, pysaliency's convention (two observers fixating one pixel
+    count twice)."""
     from .data import OSIEDataset
+    from .fixations import fixated_pixels
 
     dataset = OSIEDataset(root)
     wanted = list(names) if names is not None else (read_split(split) if split is not None else None)
@@ -125,10 +131,15 @@ def load_osie(root: PathLike, names: Sequence[str] | None = None, split: PathLik
     xs, ys, ns, subjects = [], [], [], []
     for index, sample in enumerate(samples):
         fix = sample.fixations
-        xs.append(fix.x + 0.5)
-        ys.append(fix.y + 0.5)
-        ns.append(np.full(len(fix), index))
-        subjects.append(fix.subject)
+        if unique_pixels:
+            rows, cols = fixated_pixels(fix, stimuli.sizes[index])
+            x, y, subject = cols + 0.5, rows + 0.5, np.zeros(rows.size)
+        else:
+            x, y, subject = fix.x + 0.5, fix.y + 0.5, fix.subject
+        xs.append(x)
+        ys.append(y)
+        ns.append(np.full(len(x), index))
+        subjects.append(subject)
     fixations = pysaliency.Fixations.create_without_history(np.concatenate(xs), np.concatenate(ys),
                                                             np.concatenate(ns), subjects=np.concatenate(subjects))
     return stimuli, fixations

@@ -128,14 +128,19 @@ def test_load_osie_indexes_the_pixels_salicon_evaluate_scores():
     shape = stimuli.sizes[1]
     rows, cols = fixated_pixels(sample.fixations, shape)
     assert set(zip(mine.y_int.tolist(), mine.x_int.tolist())) == set(zip(rows.tolist(), cols.tolist()))
+    assert len(mine) == len(sample.fixations)  # pysaliency's convention: every fixation counts
+    _, unique = load_osie(OSIE, names=["1001", "1002"], unique_pixels=True)
+    one = unique[unique.n == 1]
+    assert sorted(zip(one.y_int.tolist(), one.x_int.tolist())) == sorted(zip(rows.tolist(), cols.tolist()))
 
 
 @needs_osie
 @pytest.mark.slow
 def test_pysaliency_metrics_agree_with_salicon_evaluate_on_osie():
     """pysaliency's AUC-Judd, NSS, CC and information gain of the shipped model on
-    four OSIE test images agree with salicon evaluate's within 0.005 (the full
-    test split: benchmarks/pysaliency_agreement.py)."""
+    four OSIE test images agree with salicon evaluate's within 0.005, given the
+    ground truth salicon evaluate scores (one fixation per fixated pixel; the
+    full test split: benchmarks/pysaliency_agreement.py)."""
     from salicon.data import open_dataset
     from salicon.evaluate import evaluate, read_split
 
@@ -143,7 +148,7 @@ def test_pysaliency_metrics_agree_with_salicon_evaluate_on_osie():
     salicon = Salicon()  # the shipped model at the CPU default
     ours = evaluate(open_dataset(f"osie:{OSIE}"), lambda s: salicon.compute_saliency(s.image_path), names=names,
                     metrics=["AUC_Judd", "NSS", "CC", "IG"], baselines=False).summary()["salicon"]
-    stimuli, fixations = load_osie(OSIE, names=names)
+    stimuli, fixations = load_osie(OSIE, names=names, unique_pixels=True)
     maps, density = SaliconSaliencyMapModel(salicon=salicon), SaliconModel(salicon=salicon)
     theirs = {"AUC_Judd": maps.AUC_Judd(stimuli, fixations), "NSS": maps.NSS(stimuli, fixations, average="image"),
               "CC": maps.CC(stimuli, fixation_map_model(stimuli, fixations)),
