@@ -22,7 +22,7 @@ from salicon.errors import EngineError
 from salicon.solver import Solver, read_solver
 from salicon.weights import init_from_vgg16
 
-from .conftest import PROTOTXT, VGG16, randomise
+from .conftest import PROTOTXT, ROOT, SHARED, VGG16, randomise
 
 CAFFE_REQUIRED = os.environ.get("SALICON_REQUIRE_CAFFE") == "1"  # set by CI, which builds pycaffe
 if CAFFE_REQUIRED and not caffe_available():
@@ -283,3 +283,26 @@ def test_caffe_engine_runs_the_shipped_safetensors_model(small_prototxt):
     theirs = Salicon(prototxtpath=small_prototxt, engine="caffe", postprocess="none").compute_saliency(image)
     ours = Salicon(prototxtpath=small_prototxt, device="cpu", postprocess="none").compute_saliency(image)
     assert np.abs(ours - theirs).max() <= 1e-4 and theirs.max() == 1
+
+
+@needs_caffe
+@needs_vgg
+@pytest.mark.skipif(not (SHARED / "data" / "osie" / "fixations.mat").exists(), reason="OSIE not found in ../shared")
+def test_ten_training_steps_on_osie_equal_caffes(tmp_path):
+    """The short version of benchmarks/train_fidelity.py: 10 steps of the shipped
+    solver from the VGG-16 initialisation on OSIE images, both engines fed the
+    same blobs: trained blobs within 1e-3 relative, frozen ones bit-equal,
+    validation NSS within 0.005."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "fidelity.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_fidelity.py"), "--data",
+                           str(SHARED / "data" / "osie"), "--vgg16", str(VGG16), "--steps", "10", "--val", "5",
+                           "--size", "160x224", "--json", str(out)], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["steps"] == 10 and result["bar"]["ok"] and result["bar"]["frozen_bit_equal"]
+    assert set(result["checkpoints"]) == {"1", "10"}
+    assert result["loss"]["max_rel_diff"] < 1e-4
