@@ -6,8 +6,8 @@ images of examples/ (``salicon.examples``) and the web page of ``salicon serve``
 from setuptools import setup
 
 setup(
-    packages=["salicon", "salicon.cli", "salicon.engine", "salicon.pycaffe", "salicon.proto", "salicon.prototxt", "salicon.models",
-              "salicon.examples"],
+    packages=["salicon", "salicon.cli", "salicon.engine", "salicon.pycaffe", "salicon.proto", "salicon.prototxt",
+              "salicon.models", "salicon.examples"],
     package_dir={"salicon": "salicon", "salicon.prototxt": "prototxt", "salicon.models": "models",
                  "salicon.examples": "examples", "": "layers"},
     package_data={"salicon.prototxt": ["*.prototxt"], "salicon.proto": ["caffe.proto"],

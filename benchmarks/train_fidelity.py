@@ -154,7 +154,8 @@ def report(args, losses, checkpoints, validation, seconds, torch) -> int:
     print(f"{len(losses)} steps: loss rel. diff max {max(loss_diff):.2e}; worst trained blob rel. diff "
           f"{worst_blob:.2e}; frozen blobs bit-equal: {frozen_equal}; validation NSS "
           f"{validation['pytorch']['val_NSS']:.4f} (pytorch) {validation['caffe']['val_NSS']:.4f} (caffe); "
-          f"within the bar: {ok}; seconds a step: " + ", ".join(f"{k} {v / len(losses):.2f}" for k, v in seconds.items()))
+          f"within the bar: {ok}; seconds a step: "
+          + ", ".join(f"{k} {v / len(losses):.2f}" for k, v in seconds.items()))
     write_report(args.json, {
         "command": f"python benchmarks/train_fidelity.py --data path/to/osie --vgg16 path/to/vgg16_conv.caffemodel "
                    f"--steps {args.steps} --size {args.size} --val {args.val}",
