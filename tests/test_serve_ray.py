@@ -65,8 +65,6 @@ def test_without_ray_serve_the_install_command_is_named():
 
 # ------------------------------------------------------------ on Ray Serve
 
-pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -e '.[serve]'")
-
 
 def _replica_pids() -> set[int]:
     lines = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
@@ -76,6 +74,7 @@ def _replica_pids() -> set[int]:
 @pytest.fixture(scope="module")
 def ray_server(small_model, small_prototxt):
     """salicon serve --ray --replicas 2 on a local Ray instance, stopped with Ctrl-C (SIGINT) at the end."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -e '.[serve]'")
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "salicon", "serve", "--ray", "--replicas", "2", "--port", str(port),
                              "--model", str(small_model), "--prototxt", str(small_prototxt), "--queue", "4",
