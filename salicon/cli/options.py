@@ -257,6 +257,23 @@ def build_salicon(args: argparse.Namespace, **overrides):
     return Salicon(**salicon_options(args, **overrides))
 
 
+def ray_problem(args: argparse.Namespace, address: str | None, dependencies_missing, single: str) -> int | None:
+    """The checks before a --ray job or server: the cluster's token (set before
+    Ray is imported), the optional dependencies, the engine. An exit status, or
+    None when it may start."""
+    from ..batch import use_token_auth
+
+    use_token_auth(address)
+    missing = dependencies_missing()
+    if missing:
+        error(missing)
+        return 1
+    if args.engine == "caffe":
+        error(f"--ray runs the PyTorch engine; --engine caffe is for {single}")
+        return 2
+    return None
+
+
 def model_problem(exc: Exception) -> int:
     """Report a model that cannot be built: a bad file, or a post-processing this
     model cannot give (its syntax was checked with the arguments), exit status 1;
@@ -267,7 +284,7 @@ def model_problem(exc: Exception) -> int:
     return 2 if isinstance(exc, UsageError) else 1
 
 
-__all__ = ["subcommand", "HelpFormatter", "build_salicon", "salicon_options", "model_problem", "error", "plural",
+__all__ = ["subcommand", "HelpFormatter", "build_salicon", "salicon_options", "model_problem", "ray_problem", "error", "plural",
            "add_out", "add_model",
            "add_engine", "add_postprocess", "add_max_pixels", "add_quiet", "prototxt_arg", "positive_int",
            "non_negative_int", "positive_float", "whole_number", "duration", "max_pixels", "input_scale",

@@ -23,7 +23,7 @@ from ..inputs import Item, is_uri, list_inputs
 from ..outputs import (MAP_FORMATS, STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder,
                        find_clashes, remove_empty_folders, write_map)
 from .options import (add_engine, add_max_pixels, add_model, add_out, add_postprocess, add_quiet, build_salicon, error,
-                      model_problem, plural, positive_int, prototxt_arg, subcommand)
+                      model_problem, plural, positive_int, prototxt_arg, ray_problem, subcommand)
 
 #: What --ray accepts as a cluster address (anything else after --ray is an input).
 RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+)$")
@@ -194,16 +194,11 @@ def _run(model, items: list[Item], args: argparse.Namespace, spec: OutputSpec, c
 
 
 def _ray_problem(args: argparse.Namespace) -> int | None:
-    from ..batch import ray_dependencies_missing, use_token_auth
+    from ..batch import ray_dependencies_missing
 
-    use_token_auth(_address(args))  # before Ray is imported
-    missing = ray_dependencies_missing()
-    if missing:
-        error(missing)
-        return 1
-    if args.engine == "caffe":
-        error("--ray runs the PyTorch engine; --engine caffe is for single-process predict")
-        return 2
+    problem = ray_problem(args, _address(args), ray_dependencies_missing, "single-process predict")
+    if problem is not None:
+        return problem
     from ..device import resolve_runtime
     try:
         resolve_runtime(args.runtime, "fp32" if args.precision == "auto" else args.precision)

@@ -14,7 +14,8 @@ import sys
 from ..errors import SaliconError
 from ..serve import DEFAULT_MAX_PIXELS
 from .options import (add_engine, add_max_pixels, add_model, add_postprocess, build_salicon, error, model_problem,
-                      non_negative_int, positive_float, positive_int, salicon_options, subcommand, whole_number)
+                      non_negative_int, positive_float, positive_int, ray_problem, salicon_options, subcommand,
+                      whole_number)
 
 
 def add_parser(sub) -> None:
@@ -106,18 +107,12 @@ def listen_problem(host: str, port: int) -> str | None:
 
 
 def _serve_on_ray(args: argparse.Namespace) -> int:
-    from ..batch import use_token_auth
     from ..serve_ray import ServeError, ServeOptions, run_on_ray, serve_dependencies_missing
 
     address = None if args.ray == "local" else args.ray
-    use_token_auth(address)  # before Ray is imported
-    missing = serve_dependencies_missing()
-    if missing:
-        error(missing)
-        return 1
-    if args.engine == "caffe":
-        error("--ray runs the PyTorch engine; --engine caffe is for the single-process server")
-        return 2
+    problem = ray_problem(args, address, serve_dependencies_missing, "the single-process server")
+    if problem is not None:
+        return problem
     if args.replicas is not None and args.max_replicas is not None:
         error("give --replicas (a fixed number) or --min-replicas/--max-replicas (autoscaling), not both")
         return 2
