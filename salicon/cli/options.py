@@ -284,8 +284,8 @@ def model_problem(exc: Exception) -> int:
     return 2 if isinstance(exc, UsageError) else 1
 
 
-__all__ = ["subcommand", "HelpFormatter", "build_salicon", "salicon_options", "model_problem", "ray_problem", "error", "plural",
-           "add_out", "add_model",
+__all__ = ["subcommand", "HelpFormatter", "build_salicon", "salicon_options", "model_problem", "ray_problem", "error",
+           "plural", "add_out", "add_model",
            "add_engine", "add_postprocess", "add_max_pixels", "add_quiet", "prototxt_arg", "positive_int",
            "non_negative_int", "positive_float", "whole_number", "duration", "max_pixels", "input_scale",
            "device", "postprocess_spec", "DEFAULT_MAX_PIXELS", "INPUT_SCALES", "FAST_PROTOTXT"]
