@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,7 +195,10 @@ def run_on_ray(options: ServeOptions, on_ready=None) -> None:
     use_token_auth(options.address)
     connect_ray(options.address, None, log_to_driver=False)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # start-up notices; errors still show
-    signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C: the application is taken down
+    # Ctrl-C and SIGTERM take the application down; SIGINT is set explicitly because a
+    # process started in the background by a shell inherits it ignored.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, _interrupt)
     try:
         cluster = ray.cluster_resources()
         app = build_application(options, cluster)
@@ -208,6 +212,9 @@ def run_on_ray(options: ServeOptions, on_ready=None) -> None:
             on_ready(replica_resources(options, cluster))
         while True:
             time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("salicon serve --ray: stopping (taking the application down)", file=sys.stderr, flush=True)
+        raise
     finally:
         try:
             serve.delete(APP_NAME)

@@ -137,7 +137,8 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
     def ready(resources: dict) -> None:
         replicas = (f"{options.replicas} replica(s)" if options.min_replicas is None
                     else f"{options.min_replicas}-{options.max_replicas} replicas (autoscaling)")
-        each = ", ".join(f"{v:g} {k[4:].upper()}" for k, v in sorted(resources.items()))
+        each = ", ".join(f"{v:g} {'GPU' if k == 'num_gpus' else 'CPU'}" for k, v in sorted(resources.items(),
+                                                                                       reverse=True))
         print(f"salicon serve --ray: {replicas}, each {each}; open {url} (API: {url}/docs); Ctrl-C stops",
               file=sys.stderr)
 
