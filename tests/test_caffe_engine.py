@@ -287,6 +287,7 @@ def test_caffe_engine_runs_the_shipped_safetensors_model(small_prototxt):
 
 @needs_caffe
 @needs_vgg
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "data" / "osie" / "fixations.mat").exists(), reason="OSIE not found in ../shared")
 def test_ten_training_steps_on_osie_equal_caffes(tmp_path):
     """The short version of benchmarks/train_fidelity.py: 10 steps of the shipped
