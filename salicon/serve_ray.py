@@ -160,11 +160,11 @@ class SaliconReplica:
         return create_app(self.service)
 
 
-def build_application(options: ServeOptions, cluster: dict[str, float]):
-    """The Ray Serve application: the store and the replicas bound together."""
+def build_application(options: ServeOptions, resources: dict[str, float]):
+    """The Ray Serve application: the store and the replicas (each with
+    ``resources``, see :func:`replica_resources`) bound together."""
     from ray import serve
 
-    resources = replica_resources(options, cluster)
     scaling: dict[str, Any] = {"num_replicas": options.replicas}
     if options.min_replicas is not None:
         scaling = {"autoscaling_config": {"min_replicas": options.min_replicas,
@@ -200,8 +200,8 @@ def run_on_ray(options: ServeOptions, on_ready=None) -> None:
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, _interrupt)
     try:
-        cluster = ray.cluster_resources()
-        app = build_application(options, cluster)
+        resources = replica_resources(options, ray.cluster_resources())
+        app = build_application(options, resources)
         serve.start(http_options={"host": options.host, "port": options.port,
                                   "request_timeout_s": options.request_timeout_s})
         try:
@@ -209,7 +209,7 @@ def run_on_ray(options: ServeOptions, on_ready=None) -> None:
         except RuntimeError as exc:  # a replica's constructor failed (bad model, ...): say why, briefly
             raise ServeError(f"the deployment failed to start: {_last_line(str(exc))}") from None
         if on_ready is not None:
-            on_ready(replica_resources(options, cluster))
+            on_ready(resources)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:

@@ -88,12 +88,12 @@ def _device() -> torch.device:
 # ------------------------------------------------------------------ blobs
 
 
-class ParamBlob:
+class ParamBlob(Blob):
     """A learnable blob: ``.data`` and ``.diff`` are NumPy arrays over the
     parameter and its gradient (views on the CPU; on a GPU host copies synced
     around every forward pass and solver step)."""
 
-    def __init__(self, param: torch.nn.Parameter):
+    def __init__(self, param: torch.nn.Parameter):  # no Blob.__init__: the parameter holds the values
         self._param = param
         self._host: np.ndarray | None = None
         self._host_diff: np.ndarray | None = None
@@ -130,15 +130,9 @@ class ParamBlob:
         if self._host is not None and not self._on_cpu:
             self._host[...] = self._param.detach().cpu().numpy()
 
-    shape = property(lambda self: tuple(self._param.shape))
-    count = property(lambda self: int(self._param.numel()))
-    num = property(lambda self: self._legacy(0))
-    channels = property(lambda self: self._legacy(1))
-    height = property(lambda self: self._legacy(2))
-    width = property(lambda self: self._legacy(3))
-
-    def _legacy(self, i: int) -> int:
-        return int(((1,) * (4 - len(self.shape)) + self.shape)[i])
+    @property
+    def reshape(self):
+        raise _unsupported("Blob.reshape (of a parameter blob)")
 
     def __getattr__(self, name: str):
         raise _unsupported(f"Blob.{name} (of a parameter blob)")
