@@ -110,12 +110,18 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
     from ..serve_ray import ServeError, ServeOptions, run_on_ray, serve_dependencies_missing
 
     address = None if args.ray == "local" else args.ray
-    problem = ray_problem(args, address, serve_dependencies_missing, "the single-process server")
-    if problem is not None:
-        return problem
+    # Usage errors first: they need neither Ray nor the model.
     if args.replicas is not None and args.max_replicas is not None:
         error("give --replicas (a fixed number) or --min-replicas/--max-replicas (autoscaling), not both")
         return 2
+    try:
+        ServeOptions(replicas=args.replicas or 1, min_replicas=args.min_replicas, max_replicas=args.max_replicas)
+    except ServeError as exc:
+        error(str(exc))
+        return 2
+    problem = ray_problem(args, address, serve_dependencies_missing, "the single-process server")
+    if problem is not None:
+        return problem
     problem = listen_problem(args.host, args.port) if address is None else None
     if problem:
         error(f"cannot serve on {args.host}:{args.port}: {problem}")
