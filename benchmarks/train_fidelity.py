@@ -132,7 +132,7 @@ def main() -> int:
         pair = []
         for engine, trainer in trainers.items():
             start = time.perf_counter()
-            pair.append(trainer.backend.step(feeds))
+            pair.append(trainer.backend.step(feeds)[0])
             seconds[engine] += time.perf_counter() - start
         losses.append(pair)
         if step in CHECKPOINTS or step == args.steps:

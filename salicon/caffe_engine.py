@@ -158,13 +158,17 @@ class CaffeSolverBackend:
         for name, value in feeds.items():
             self.solver.net.blobs[name].data[...] = value.detach().float().cpu().numpy()
 
-    def step(self, feeds) -> float:
+    def step(self, feeds, read: bool = True) -> list[float]:
+        """One step of Caffe's own solver; its loss (always read back)."""
         self._set(feeds)
         self.solver.step(1)
         loss = self._weighted(self.solver.net.blobs)
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at iteration {self.iter - 1}")
-        return loss
+        return [loss]
+
+    def flush(self) -> list[float]:
+        return []
 
     def loss(self, feeds) -> float:
         self._set(feeds)

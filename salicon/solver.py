@@ -264,3 +264,180 @@ class Solver:
                                       f"{array.size} values, expected {t.numel()}")
                 t.copy_(torch.from_numpy(np.ascontiguousarray(array)).reshape(t.shape))
         self.iter = state.iter
+
+
+#: Integer types of the same width, to select between two float tensors by their bits.
+_BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
+         torch.float16: torch.int16}
+
+
+def _select_(dest: list[torch.Tensor], new: list[torch.Tensor], keep: torch.Tensor) -> None:
+    """``dest = keep ? dest : new`` for whole lists, exactly and without a host sync.
+
+    ``keep`` is a 0-dim integer 0/1 tensor on the device. The select works on the
+    bit patterns (dest * keep + new * (1 - keep) in integers), so it is exact and
+    a NaN in the rejected values cannot leak through, unlike a float blend."""
+    if not dest:
+        return
+    d = [t.view(_BITS[t.dtype]) for t in dest]
+    n = [t.view(_BITS[t.dtype]) for t in new]
+    torch._foreach_mul_(d, keep)
+    torch._foreach_mul_(n, 1 - keep)
+    torch._foreach_add_(d, n)
+
+
+class MultiTensorSolver(Solver):
+    """:class:`Solver` with its update as multi-tensor (``torch._foreach_*``)
+    operations and no host synchronisation per step.
+
+    Blobs are grouped by (lr_mult, decay_mult) and each group is updated with a
+    few list operations in the per-blob solver's arithmetic order, so the
+    weights are bit-identical to :class:`Solver`'s on the CPU (tested for every
+    solver type). :meth:`step` returns the loss as a device tensor; a NaN or
+    infinite loss is not read back at once: from that step on the updates are
+    rejected on the device (weights and histories keep the last good values),
+    and :meth:`check`, called every ``display`` steps by the trainer, raises
+    FloatingPointError naming the first bad iteration and resets ``iter`` to it.
+    """
+
+    def __init__(self, param: caffe_pb2.SolverParameter, net: Net):
+        super().__init__(param, net)
+        groups: dict[tuple[float, float], list[int]] = {}
+        for k, info in enumerate(self.infos):
+            groups.setdefault((info.lr_mult, info.decay_mult), []).append(k)
+        self.groups = list(groups.items())
+        device = self.infos[0].param.device if self.infos else torch.device("cpu")
+        self._bad = torch.zeros((), dtype=torch.int64, device=device)
+        self._pending: list[torch.Tensor] = []
+        self._pending_from = self.iter
+
+    def step(self, batches, forward=None) -> torch.Tensor:  # type: ignore[override]
+        """One iteration as :meth:`Solver.step`, without reading the loss back:
+        returns it as a 0-dim float64 tensor on the device."""
+        if isinstance(batches, Mapping):
+            batches = [batches]
+        iter_size = max(1, self.param.iter_size)
+        if len(batches) != iter_size:
+            raise ValueError(f"iter_size is {iter_size} but {len(batches)} input batches were given")
+        forward = forward or (lambda feeds: self.net.objective(self.net(**feeds)))
+        for info in self.infos:
+            info.param.grad = None
+        total = None
+        for feeds in batches:
+            loss = forward(feeds)
+            loss.backward()
+            value = loss.detach().double()  # float32 -> float64 is exact, as float() is
+            total = value if total is None else total + value
+        if not self._pending:
+            self._pending_from = self.iter
+        self._bad |= (~torch.isfinite(total)).long()
+        self.apply_update()
+        mean = total / iter_size
+        self._pending.append(mean)
+        return mean
+
+    def check(self) -> list[float]:
+        """Read back the losses since the last check (one host sync); raise
+        FloatingPointError if one was not finite (``iter`` then counts the good
+        updates only, and weights and histories are those after them)."""
+        if not self._pending:
+            return []
+        losses = torch.stack(self._pending).cpu().tolist()
+        self._pending = []
+        for j, value in enumerate(losses):
+            if not math.isfinite(value):
+                self.iter = self._pending_from + j
+                self._bad.zero_()
+                raise FloatingPointError(f"loss is {value} at iteration {self.iter}")
+        return losses
+
+    @torch.no_grad()
+    def apply_update(self) -> None:
+        """Caffe's ApplyUpdate as list operations, rejected on the device after a bad loss."""
+        p = self.param
+        rate = self.lr
+        math_dtype = [_math_dtype(info.param) for info in self.infos]
+        grads = [info.param.grad if info.param.grad is not None and info.param.grad.dtype == dt
+                 else (info.param.grad.to(dt) if info.param.grad is not None
+                       else torch.zeros_like(info.param, dtype=dt))
+                 for info, dt in zip(self.infos, math_dtype)]
+        iter_size = max(1, p.iter_size)
+        if iter_size > 1:
+            grads = torch._foreach_div(grads, iter_size)
+        if p.clip_gradients >= 0 and grads:
+            grads = self._clipped(grads)
+        for (lr_mult, decay_mult), ks in self.groups:
+            weights = [self.infos[k].param for k in ks]
+            g = [grads[k] for k in ks]
+            decay = p.weight_decay * decay_mult
+            if decay:
+                if p.regularization_type == "L2":
+                    g = torch._foreach_add(g, torch._foreach_mul([w.to(x.dtype) for w, x in zip(weights, g)],
+                                                                 decay))
+                elif p.regularization_type == "L1":
+                    g = torch._foreach_add(g, torch._foreach_mul([torch.sign(w) for w in weights], decay))
+                else:
+                    raise FormatError(f"unknown regularization_type '{p.regularization_type}'")
+            old = [[h[k] for k in ks] for h in self.history]
+            new, value = self._update_values(old, g, rate * lr_mult)
+            if value[0].dtype != weights[0].dtype:
+                value = [v.to(w.dtype) for v, w in zip(value, weights)]
+            stepped = torch._foreach_sub(weights, value)
+            for hist_old, hist_new in zip(old, new):
+                _select_(hist_old, hist_new, self._bad)
+            _select_(weights, stepped, self._bad)
+        self.iter += 1
+
+    def _clipped(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Rescaled to the L2 norm clip_gradients when above it; the norm summed
+        in float64 blob by blob, as the per-blob solver does, on the device."""
+        squares = torch._foreach_mul(grads, grads)
+        norm = torch.zeros((), dtype=torch.float64, device=grads[0].device)
+        for s in squares:
+            norm = norm + s.sum().double()
+        norm = norm.sqrt()
+        clip = self.param.clip_gradients
+        scale = torch.where(norm > clip, clip / norm, torch.ones_like(norm))
+        return torch._foreach_mul(grads, scale)
+
+    def _update_values(self, h: list[list[torch.Tensor]], g: list[torch.Tensor], rate: float
+                       ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+        """(new histories, update value) of :meth:`Solver._update_value`, out of place."""
+        p, f = self.param, torch
+        if self.type in ("SGD", "Nesterov"):
+            h0 = f._foreach_mul(h[0], p.momentum)
+            f._foreach_add_(h0, g, alpha=rate)
+            if self.type == "SGD":
+                return [h0], h0
+            return [h0], f._foreach_sub(f._foreach_mul(h0, 1 + p.momentum), f._foreach_mul(h[0], p.momentum))
+        gg = f._foreach_mul(g, g)
+        if self.type in ("AdaGrad", "RMSProp"):
+            if self.type == "AdaGrad":
+                h0 = f._foreach_add(h[0], gg)
+            else:
+                h0 = f._foreach_mul(h[0], p.rms_decay)
+                f._foreach_add_(h0, gg, alpha=1 - p.rms_decay)
+            denom = f._foreach_add(f._foreach_sqrt(h0), p.delta)
+            return [h0], f._foreach_div(f._foreach_mul(g, rate), denom)
+        if self.type == "AdaDelta":
+            h0 = f._foreach_mul(h[0], p.momentum)
+            f._foreach_add_(h0, gg, alpha=1 - p.momentum)
+            ratio = f._foreach_div(f._foreach_add(h[1], p.delta), f._foreach_add(h0, p.delta))
+            update = f._foreach_mul(g, f._foreach_sqrt(ratio))
+            h1 = f._foreach_mul(h[1], p.momentum)
+            f._foreach_add_(h1, f._foreach_mul(update, update), alpha=1 - p.momentum)
+            return [h0, h1], f._foreach_mul(update, rate)
+        # Adam
+        t = self.iter + 1
+        h0 = f._foreach_mul(h[0], p.momentum)
+        f._foreach_add_(h0, g, alpha=1 - p.momentum)
+        h1 = f._foreach_mul(h[1], p.momentum2)
+        f._foreach_add_(h1, gg, alpha=1 - p.momentum2)
+        correction = math.sqrt(1 - p.momentum2 ** t) / (1 - p.momentum ** t)
+        denom = f._foreach_add(f._foreach_sqrt(h1), p.delta)
+        return [h0, h1], f._foreach_div(f._foreach_mul(h0, rate * correction), denom)
+
+    def restore(self, state_path: PathLike, weights: PathLike | None = None) -> None:
+        super().restore(state_path, weights)
+        self._bad.zero_()
+        self._pending = []

@@ -31,9 +31,11 @@ from .fixations import OSIE_SIGMA
 from .outputs import atomic_write
 from .preprocess import PUBLISHED_INPUT_SCALE, image_to_blob, resize_chw
 from .pretrained import prototxt_path
-from .solver import Solver, learning_rate, read_solver, solver_net_path
+from .solver import MultiTensorSolver, Solver, learning_rate, read_solver, solver_net_path
 
 TARGET_BLOB = "ground_truth"
+#: How the PyTorch solver applies its update (see salicon.solver.MultiTensorSolver).
+UPDATES = ("per-blob", "multi-tensor")
 
 
 class TrainingError(SaliconError):
@@ -63,6 +65,7 @@ class TrainConfig:
     split: str | None = None             # a split.json to reuse instead of drawing one
     maps: str | None = None              # fixation-map folder, when `data` is an image folder
     engine: str = "auto"                 # "pytorch" (auto) or "caffe" (pycaffe's own solver, CPU)
+    update: str = "per-blob"             # "multi-tensor": list operations, losses read every `display` steps
 
 
 @dataclass
@@ -120,6 +123,8 @@ class Trainer:
         if net_path is None:
             net_path = prototxt_path("finetune_salicon.prototxt")
         self.net_path = net_path
+        if config.update not in UPDATES:
+            raise TrainingError(f"update must be one of {', '.join(UPDATES)}, not {config.update!r}")
         if config.engine not in ("auto", "pytorch", "caffe"):
             raise TrainingError(f"engine must be auto, pytorch or caffe, not {config.engine!r}")
         self.engine = "pytorch" if config.engine == "auto" else config.engine
@@ -238,9 +243,22 @@ class Trainer:
                 reason = self._step(run)
                 if reason is not None:
                     break
+            else:
+                reason = self._flush(run) or reason
         if run.bar is not None:
             run.bar.close()
         return self._finish(run, reason)
+
+    def _flush(self, run: "_Run") -> str | None:
+        """Read back the losses not yet read; a stop reason if one was not finite."""
+        try:
+            losses = self.backend.flush()
+        except FloatingPointError as exc:
+            return f"non-finite loss ({exc})"
+        if losses:
+            run.train_loss = losses[-1]
+            run.recent = (run.recent + losses)[-run.display:]
+        return None
 
     def _stop_reason(self, run: "_Run", interrupt: "_Interrupt") -> str | None:
         if run.max_iter is not None and self.backend.iter >= run.max_iter:
@@ -266,13 +284,15 @@ class Trainer:
     def _step(self, run: "_Run") -> str | None:
         """One solver step on one image, logged; a stop reason if the loss is not finite."""
         sample = self._next_sample(run)
-        try:
-            loss = self.backend.step(self.feeds(sample))
+        it = self.backend.iter + 1
+        snapshot_due = bool(self.solver_param.snapshot) and it % self.solver_param.snapshot == 0
+        try:  # losses are read back when logged or before a snapshot (every step on the per-blob path)
+            losses = self.backend.step(self.feeds(sample), read=it % run.display == 0 or it == 1 or snapshot_due)
         except FloatingPointError as exc:
             return f"non-finite loss ({exc})"
-        run.train_loss = loss
-        run.recent = (run.recent + [loss])[-run.display:]
-        it = self.backend.iter
+        if losses:
+            run.train_loss = losses[-1]
+            run.recent = (run.recent + losses)[-run.display:]
         lr = learning_rate(self.solver_param, it - 1)
         rate = (it - run.first_iter) / max(time.perf_counter() - run.start, 1e-9)
         if it % run.display == 0 or it == 1:
@@ -282,7 +302,7 @@ class Trainer:
             run.bar.set_postfix(loss=f"{float(np.mean(run.recent)):.4g}", lr=f"{lr:.2g}", img_s=f"{rate:.2f}",
                                 left=_hms(run.deadline - time.perf_counter()), refresh=False)
             run.bar.update(1)
-        if self.solver_param.snapshot and it % self.solver_param.snapshot == 0:
+        if snapshot_due:
             run.last_snapshot = self.backend.snapshot(self.prefix)
         return None
 
@@ -356,7 +376,8 @@ class _TorchBackend:
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
         self.net = trainer.net
-        self.solver = Solver(trainer.solver_param, trainer.net)
+        kind = MultiTensorSolver if trainer.config.update == "multi-tensor" else Solver
+        self.solver = kind(trainer.solver_param, trainer.net)
 
     @property
     def iter(self) -> int:
@@ -366,8 +387,16 @@ class _TorchBackend:
         with precision_context(self.trainer.config.precision, self.trainer.device):
             return self.net.objective(self.net(**feeds))
 
-    def step(self, feeds) -> float:
-        return self.solver.step(feeds, forward=self._objective)
+    def step(self, feeds, read: bool = True) -> list[float]:
+        """One solver step; the losses read back now (the multi-tensor solver
+        reads them only when ``read`` is set)."""
+        loss = self.solver.step(feeds, forward=self._objective)
+        if isinstance(self.solver, MultiTensorSolver):
+            return self.solver.check() if read else []
+        return [loss]
+
+    def flush(self) -> list[float]:
+        return self.solver.check() if isinstance(self.solver, MultiTensorSolver) else []
 
     @torch.no_grad()
     def loss(self, feeds) -> float:

@@ -13,7 +13,7 @@ from salicon.engine import Net
 from salicon.errors import FormatError
 from salicon.formats import parse_net_prototxt
 from salicon.proto import caffe_pb2
-from salicon.solver import Solver, learning_rate
+from salicon.solver import MultiTensorSolver, Solver, learning_rate
 
 NET = """
 layer { name: "data" type: "Input" top: "x" top: "t"
@@ -210,3 +210,105 @@ def test_restore_rejects_mismatched_state(rng, tmp_path):
     ada = Solver(solver_param(SOLVERS["Adam"]), make())
     with pytest.raises(FormatError, match="history blobs"):
         ada.restore(state)
+
+
+# ---------------------------------------------------------------- multi-tensor
+MULTI_TENSOR = dict(SOLVERS, **{
+    "SGD-L1": 'type: "SGD" base_lr: 0.05 momentum: 0.9 weight_decay: 0.02 regularization_type: "L1" '
+              'lr_policy: "fixed"',
+    "AdaGrad-iter2": 'type: "AdaGrad" base_lr: 0.1 weight_decay: 0.01 lr_policy: "fixed" delta: 1e-6 iter_size: 2',
+    "SGD-noclip": 'type: "SGD" base_lr: 0.1 momentum: 0.5 clip_gradients: 1e6 lr_policy: "fixed"',
+})
+
+
+def _run_both(text: str, data, steps: int):
+    per_blob, multi = make(seed=3), make(seed=3)
+    a = Solver(solver_param(text), per_blob)
+    b = MultiTensorSolver(solver_param(text), multi)
+    n = max(1, a.param.iter_size)
+    losses_a, losses_b = [], []
+    for it in range(steps):
+        batch = data[(it * n) % len(data):(it * n) % len(data) + n]
+        losses_a.append(a.step(batch))
+        losses_b.append(b.step(batch))
+    return a, b, losses_a, losses_b
+
+
+@pytest.mark.parametrize("name", list(MULTI_TENSOR))
+def test_multi_tensor_solver_is_bit_identical_after_20_steps(name, rng):
+    data = feeds(rng, 8)
+    a, b, losses_a, losses_b = _run_both(MULTI_TENSOR[name], data, 20)
+    assert b.check() == losses_a  # the losses read back at once equal the per-step ones
+    assert [float(x) for x in losses_b] == losses_a
+    assert a.iter == b.iter == 20
+    for ia, ib in zip(a.net.param_info(), b.net.param_info()):
+        assert torch.equal(ia.param, ib.param), (name, ia.layer, ia.index)
+        assert ia.param.dtype == ib.param.dtype
+    for ha, hb in zip(a.history, b.history):
+        for x, y in zip(ha, hb):
+            assert torch.equal(x, y)
+    frozen = [i for i in b.net.param_info() if i.lr_mult == 0]
+    fresh = {(i.layer, i.index): i.param for i in make(seed=3).param_info()}
+    assert frozen and all(torch.equal(i.param, fresh[(i.layer, i.index)]) for i in frozen)
+    assert {key for key, _ in b.groups} == {(1.0, 1.0), (2.0, 0.0), (2.0, 2.0), (1.0, 0.0)}
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdaDelta", "Adam"])
+def test_multi_tensor_solver_rejects_updates_after_a_nan_loss(name, rng):
+    data = feeds(rng, 10)
+    bad = 6  # the 7th step's loss is NaN
+    data[bad]["t"] = data[bad]["t"].clone()
+    data[bad]["t"][0, 0] = float("nan")
+    a, b = Solver(solver_param(SOLVERS[name]), make(seed=4)), MultiTensorSolver(solver_param(SOLVERS[name]),
+                                                                                  make(seed=4))
+    for it in range(bad):
+        a.step(data[it])
+    with pytest.raises(FloatingPointError):
+        a.step(data[bad])
+    for it in range(10):  # steps after the NaN go on without a host sync, and change nothing
+        b.step(data[it])
+    with pytest.raises(FloatingPointError, match=f"iteration {bad}"):
+        b.check()
+    assert b.iter == a.iter == bad
+    for ia, ib in zip(a.net.param_info(), b.net.param_info()):
+        assert torch.equal(ia.param, ib.param)
+    for ha, hb in zip(a.history, b.history):
+        assert all(torch.equal(x, y) for x, y in zip(ha, hb))
+    assert b.check() == []  # nothing pending; a resumed run starts clean
+
+
+def test_multi_tensor_solver_step_does_not_read_back_from_the_device(rng, monkeypatch):
+    """No host synchronisation per step: nothing in step() turns a tensor into a
+    Python number (on a GPU each of these would wait for the device)."""
+    solver = MultiTensorSolver(solver_param(MULTI_TENSOR["SGD-noclip"]), make(seed=5))
+    data = feeds(rng, 3)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was read back to the host during step()")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "__float__", "__bool__", "__int__", "cpu", "numpy"):
+            m.setattr(torch.Tensor, name, refuse)
+        for feed in data:
+            loss = solver.step(feed)
+    assert isinstance(loss, torch.Tensor) and loss.dtype == torch.float64
+    assert len(solver.check()) == 3
+
+
+def test_multi_tensor_solver_snapshot_restore(rng, tmp_path):
+    data = feeds(rng, 6)
+    text = SOLVERS["Adam"]
+    straight = MultiTensorSolver(solver_param(text), make(seed=6))
+    for feed in data:
+        straight.step(feed)
+    first = MultiTensorSolver(solver_param(text), make(seed=6))
+    for feed in data[:3]:
+        first.step(feed)
+    first.check()
+    _, state = first.snapshot(tmp_path / "run")
+    resumed = MultiTensorSolver(solver_param(text), make(seed=99))
+    resumed.restore(state)
+    for feed in data[3:]:
+        resumed.step(feed)
+    for x, y in zip(straight.net.parameters(), resumed.net.parameters()):
+        assert torch.equal(x, y)

@@ -202,8 +202,8 @@ def test_ctrl_c_snapshots_without_validation_and_exits_130(setup, tmp_path, monk
     validations = []
     original_step = train_module._TorchBackend.step
 
-    def step(self, feeds):
-        loss = original_step(self, feeds)
+    def step(self, feeds, read=True):
+        loss = original_step(self, feeds, read)
         if self.iter == 2:
             os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C during step 2
         return loss
@@ -227,8 +227,8 @@ def test_second_ctrl_c_stops_at_once(setup, tmp_path, monkeypatch):
     cfg = setup("twice", snapshot=1)
     original_step = train_module._TorchBackend.step
 
-    def step(self, feeds):
-        loss = original_step(self, feeds)
+    def step(self, feeds, read=True):
+        loss = original_step(self, feeds, read)
         if self.iter == 2:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)  # impatient: a second Ctrl-C before the step ends
@@ -257,3 +257,36 @@ def test_progress_bar_postfix_is_updated_every_step(setup, monkeypatch):
     monkeypatch.setattr(tqdm.tqdm, "set_postfix", record)
     train(setup("bar", max_iter=5), progress=True, log=lambda m: None)  # display: 2 in the solver
     assert len(seen) == 5 and all(seen)
+
+
+def test_multi_tensor_update_trains_the_same_weights_and_logs_the_same_losses(setup):
+    a = train(setup("per_blob", max_iter=9, snapshot=4), progress=False, log=lambda m: None)
+    b = train(setup("multi", max_iter=9, snapshot=4, update="multi-tensor"), progress=False, log=lambda m: None)
+    for run in (a, b):  # snapshots at 4 and 8 and the end
+        assert sorted(p.name for p in run.final_model.parent.glob("*.caffemodel")) == [
+            f"salicon_iter_{i}.caffemodel" for i in (4, 8, 9)]
+    x, y = formats.load_caffemodel_arrays(a.final_model), formats.load_caffemodel_arrays(b.final_model)
+    for name in x:
+        for u, v in zip(x[name], y[name]):
+            np.testing.assert_array_equal(u, v)
+    trains = [[(r["iter"], r["loss"]) for r in run.history if r["event"] == "train"] for run in (a, b)]
+    assert trains[0] == trains[1] and len(trains[0]) >= 3
+    assert a.train_loss == b.train_loss
+
+
+def test_multi_tensor_update_stops_at_the_first_non_finite_loss(setup):
+    errors = []
+    for name, update in (("nan_a", "per-blob"), ("nan_b", "multi-tensor")):
+        with pytest.raises(TrainingError, match="non-finite loss") as err:
+            train(setup(name, lr=1e12, max_iter=50, update=update), progress=False, log=lambda m: None)
+        errors.append(err.value.args[0])
+    model = errors[1].rsplit(" ", 1)[-1]
+    assert errors[0].replace("nan_a", "nan_b") == errors[1]  # same iteration, same message
+    for blobs in formats.load_caffemodel_arrays(model).values():
+        for b in blobs:
+            assert np.isfinite(b).all()
+
+
+def test_unknown_update_is_refused(setup):
+    with pytest.raises(TrainingError, match="update must be one of per-blob, multi-tensor"):
+        Trainer(setup("bad_update", update="fused"), log=lambda m: None)

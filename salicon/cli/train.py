@@ -42,6 +42,10 @@ def add_parser(sub) -> None:
     p.add_argument("--split", help="reuse this split.json instead of drawing one")
     p.add_argument("--sigma", type=positive_float, default=24.0, help="fixation-map blur (px) for fixation points")
     p.add_argument("--workers", type=positive_int, help="data preparation threads (default: cores, at most 8)")
+    p.add_argument("--update", default="per-blob", choices=["per-blob", "multi-tensor"],
+                   help="how the PyTorch solver updates: blob by blob (default), or as multi-tensor list "
+                        "operations with the same numbers and the loss read back every `display` steps only "
+                        "(faster on a GPU; a NaN loss is still caught before it reaches the weights)")
     add_quiet(p)
     p.set_defaults(func=cmd_train)
 
@@ -57,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_iter=args.max_iter, device=args.device, precision=args.precision, seed=args.seed,
         test=args.test, input_scale=args.input_scale or INPUT_SCALES["published"],
         sigma=args.sigma, workers=args.workers, snapshot=args.snapshot, split=args.split, maps=args.maps,
-        engine=args.engine)
+        engine=args.engine, update=args.update)
     try:
         result = train(config, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     except (SaliconError, DataError, TrainingError, ValueError, OSError) as exc:
