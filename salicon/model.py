@@ -22,10 +22,11 @@ from . import pretrained
 from .pretrained import OUTPUT_BLOB
 from .device import precision_context, resolve_device, resolve_runtime
 from .engine import Net
+from .engine.fast import FastForward, ForwardOptions
 from .errors import EngineError, SaliconError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, load_image
 from .postprocess import CenterPrior, PostProcess, PostProcessError, parse_postprocess
-from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS, image_to_inputs
+from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS, image_to_inputs, image_to_inputs_nhwc
 from .types import PathLike
 
 ENGINES = ("auto", "pytorch", "caffe")
@@ -100,6 +101,11 @@ class Salicon:
             record), ``"none"`` (the published output), a specification such
             as ``"blur=0.02,prior=learned,normalize=probability"`` or a
             :class:`~salicon.postprocess.PostProcess` (see that module).
+        variants: forward variants of the PyTorch net (a
+            :class:`~salicon.engine.fast.ForwardOptions` or names such as
+            ``"channels-last,fuse-relu,cast-weights"``; ``"compile"`` and, on a
+            GPU, ``"cuda-graphs"`` too); none by default. ``channels-last``
+            also makes the inputs in NHWC order on the device.
     """
 
     def __init__(self, model: PathLike | None = None, prototxt: PathLike | None = None, *,
@@ -107,7 +113,7 @@ class Salicon:
                  input_scale: float | None = None, resize: str = "spline",
                  mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, postprocess: str | PostProcess = "default",
-                 prototxtpath: PathLike | None = None):
+                 prototxtpath: PathLike | None = None, variants: str | ForwardOptions = ""):
         if prototxtpath is not None:  # OpenSALICON's own keyword
             if prototxt is not None:
                 raise ValueError("give prototxt or prototxtpath (its OpenSALICON name), not both")
@@ -134,6 +140,12 @@ class Salicon:
         self.engine = "pytorch" if engine == "auto" else engine
         self.net = self._load_net(channels_last)
         self.output_blob = self._find_output()
+        options = ForwardOptions.parse(variants) if isinstance(variants, str) else variants
+        if options and self.runtime != "pytorch":
+            raise ValueError(f"forward variants ({', '.join(options.names())}) are for the PyTorch runtime, "
+                             f"not {self.runtime}")
+        #: The net's forward with the chosen variants, or None for the plain path.
+        self.fast = FastForward(self.net, self.output_blob, options, precision) if options else None
 
     @staticmethod
     def _model_file(model: PathLike | None) -> Path:
@@ -233,8 +245,9 @@ class Salicon:
         rgb = load_image(image, as_float=False, max_pixels=self.max_pixels)
         size = (int(rgb.shape[0]), int(rgb.shape[1]))
         names = list(self.net.input_shapes)
-        blobs = image_to_inputs(rgb, [self.net.input_shapes[n][2:] for n in names], self.resize,
-                                self.input_scale, self.mean_bgr, self.device)
+        make = image_to_inputs_nhwc if self.fast is not None and self.fast.options.channels_last else image_to_inputs
+        blobs = make(rgb, [self.net.input_shapes[n][2:] for n in names], self.resize, self.input_scale,
+                     self.mean_bgr, self.device)
         return dict(zip(names, blobs)), size
 
     @torch.inference_mode()
@@ -245,7 +258,7 @@ class Salicon:
             out = torch.from_numpy(self.net(**arrays)[self.output_blob])
         else:
             with precision_context(self.precision, self.device):
-                out = self.net(**inputs)[self.output_blob]
+                out = self.fast(**inputs) if self.fast is not None else self.net(**inputs)[self.output_blob]
         return out.float().reshape(out.shape[0], *out.shape[-2:])
 
     def postprocess(self, raw: torch.Tensor, size: Sequence[int], post: PostProcess | None = None) -> np.ndarray:

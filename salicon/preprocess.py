@@ -141,6 +141,35 @@ def image_to_inputs(rgb: np.ndarray, sizes: Sequence[Sequence[int]], method: str
     return [out if aw.shape[0] == width else out @ aw.T for (_, aw), out in zip(mats, columns)]
 
 
+def image_to_inputs_nhwc(rgb: np.ndarray | torch.Tensor, sizes: Sequence[Sequence[int]], method: str = "spline",
+                         input_scale: float = PUBLISHED_INPUT_SCALE, mean_bgr: Sequence[float] = MEAN_BGR,
+                         device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """:func:`image_to_inputs` computed in the image's own H x W x 3 order: each
+    blob is returned as a 3 x h x w view of an h x w x 3 tensor, i.e. already in
+    channels_last memory order, so a channels_last net takes it without a copy.
+
+    The 8-bit image goes to ``device`` as it is and becomes float there (the
+    whole image at once: meant for a GPU, not for huge images on small hosts).
+    """
+    if method == "scipy":
+        return [b.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0]
+                for b in image_to_inputs(np.asarray(rgb), sizes, method, input_scale, mean_bgr, device)]
+    device = torch.device(device)
+    if isinstance(rgb, np.ndarray) and not rgb.flags.writeable:  # a decoder's read-only buffer
+        rgb = rgb.copy()
+    x = torch.as_tensor(rgb).to(device, non_blocking=True).flip(-1).float()  # BGR
+    x = (x - torch.tensor(mean_bgr, dtype=torch.float32, device=device)) * input_scale
+    height, width = int(x.shape[0]), int(x.shape[1])
+    blobs = []
+    for size in sizes:
+        size = (int(size[0]), int(size[1]))
+        ah, aw = _matrices(method, size, (height, width), device, torch.float32)
+        y = x if size[0] == height else (ah @ x.reshape(height, -1)).reshape(size[0], width, 3)
+        y = y if size[1] == width else torch.einsum("vw,hwc->hvc", aw, y).contiguous()
+        blobs.append(y.permute(2, 0, 1))
+    return blobs
+
+
 def saliency_to_image_size(sal: torch.Tensor, size: Sequence[int], method: str = "spline",
                            band_bytes: int = 64 << 20) -> np.ndarray:
     """The net's HxW map, min-max normalised, resized to ``size`` and clipped to [0, 1].

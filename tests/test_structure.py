@@ -27,7 +27,7 @@ LAYERS = {
     "salicon.formats": 4,
     # 5: the engine, shipped files, data sets
     "salicon.engine.fillers": 5, "salicon.engine.layers": 5, "salicon.engine.pylayer": 5,
-    "salicon.engine.net": 5, "salicon.engine": 5, "salicon.pretrained": 5, "salicon.data": 5,
+    "salicon.engine.net": 5, "salicon.engine.fast": 5, "salicon.engine": 5, "salicon.pretrained": 5, "salicon.data": 5,
     # 6: what runs on the engine
     "salicon.solver": 6, "salicon.caffe_engine": 6, "salicon.evaluate": 6, "salicon.weights": 6,
     "salicon.export": 6, "salicon.openvino_engine": 6,
