@@ -122,7 +122,8 @@ def stage_costs(rounds: int = 5) -> dict:
     import numpy as np
     import torch
 
-    from salicon.batch import PreprocessSpec, decode_batch
+    from salicon.batch import decode_batch
+    from salicon.decode import PreprocessSpec
     from salicon.model import Salicon
     from salicon.outputs import png_bytes
     from salicon.visualize import to_uint8

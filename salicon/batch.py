@@ -41,7 +41,7 @@ from .image import DEFAULT_MAX_PIXELS, load_image
 from .inputs import Item, is_uri, read_bytes
 from .outputs import (MapWrite, OutputSpec, OutputStore, completed_stems, find_clashes, write_manifest, write_map,
                       write_shard)
-from .preprocess import image_to_inputs
+from .decode import PreprocessSpec
 
 RAY_EXTRA_HINT = "pip install -e \".[ray]\" (or pip install \"salicon[ray]\")"
 
@@ -72,19 +72,10 @@ class RayOptions:
     max_pixels: int | None = None                  # default: the package's limit
     progress: bool = True
     num_cpus: int | None = None                    # CPUs of a local instance
+    variants: str = ""                             # forward variants of the actors' PyTorch nets
 
 
 # ---------------------------------------------------------------- stages
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """What the decode stage needs of the model (picklable; no weights)."""
-    input_shapes: dict[str, tuple[int, ...]]
-    resize: str
-    input_scale: float
-    mean_bgr: tuple[float, float, float]
-    max_pixels: int | None
 
 
 def decode_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[str, np.ndarray]:
@@ -99,9 +90,7 @@ def decode_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[str
         try:
             rgb = load_image(read_bytes(source), as_float=False, max_pixels=spec.max_pixels, name=source)
             heights[i], widths[i] = rgb.shape[:2]
-            out = image_to_inputs(rgb, [spec.input_shapes[k][2:] for k in names], spec.resize,
-                                  spec.input_scale, spec.mean_bgr, "cpu")
-            for name, blob in zip(names, out):
+            for name, blob in spec.inputs(rgb).items():
                 blobs[name][i] = blob.numpy()
         except (SaliconError, OSError, ValueError, MemoryError) as exc:
             errors[i] = str(exc) if source in str(exc) else f"{source}: {exc}"
@@ -125,7 +114,7 @@ class NetActor:
             torch.set_num_threads(threads)
         self.model = Salicon(options.model_path, options.prototxt, device=options.device,
                              precision=options.precision, runtime=options.runtime, input_scale=options.input_scale,
-                             postprocess=post)
+                             postprocess=post, variants=options.variants)
         self.names = list(self.model.net.input_shapes)
         self.raw_shape = tuple(self.model.net.blob_shapes[self.model.output_blob][-2:])
         self.options, self.out, self.spec = options, out, spec

@@ -9,9 +9,8 @@ editing the sizes in the prototxt is all it takes to run at other scales.
 """
 from __future__ import annotations
 
+import functools
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -20,6 +19,8 @@ import torch
 
 from . import pretrained
 from .pretrained import OUTPUT_BLOB
+from .decode import (DECODERS, PreprocessSpec, decode_inputs, decode_jpeg_on, decode_rgb, gpu_decode_problem,
+                     make_executor, prefetch, read_for_gpu, to_device)
 from .device import precision_context, resolve_device, resolve_runtime
 from .engine import Net
 from .engine.fast import FastForward, ForwardOptions
@@ -273,39 +274,28 @@ class Salicon:
         raw = self.forward({k: v[None] for k, v in inputs.items()})
         return self.postprocess(raw[0], size)
 
-    def iter_saliency(self, images: Iterable[ImageLike], batch_size: int = 1,
-                      workers: int | None = None) -> Iterator[tuple[int, np.ndarray | Exception]]:
+    def iter_saliency(self, images: Iterable[ImageLike], batch_size: int = 1, workers: int | None = None,
+                      decode: str = "threads") -> Iterator[tuple[int, np.ndarray | Exception]]:
         """Yield ``(index, map)`` for each image, or ``(index, error)`` for one that
         cannot be read, so one bad file does not stop the others. Images are
-        decoded and resized in ``workers`` threads (default: the cores, at most
-        8) ahead of the net."""
+        decoded in ``workers`` (default: the cores, at most 8) ahead of the net,
+        by the ``decode`` method of :mod:`salicon.decode` ("threads", "processes"
+        or "gpu")."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        workers = workers or min(8, os.cpu_count() or 1)
-
-        def prepare(item):
-            try:
-                return self.preprocess(item)
-            except SaliconError as exc:
-                return exc
-
-        ahead = max(1, workers) + batch_size  # bounded read-ahead keeps memory flat
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            queue: deque = deque()
-            pending: list[tuple[int, dict, tuple]] = []
-            source = enumerate(images)
-            exhausted = False
-            while queue or not exhausted:
-                while not exhausted and len(queue) < ahead:
-                    item = next(source, None)
-                    if item is None:
-                        exhausted = True
-                    else:
-                        queue.append((item[0], pool.submit(prepare, item[1])))
-                if not queue:
-                    break
-                index, future = queue.popleft()
-                prepared = future.result()
+        if decode not in DECODERS:
+            raise ValueError(f"decode must be one of {DECODERS}, not {decode!r}")
+        if decode == "gpu" and (problem := gpu_decode_problem(self.device)):
+            raise EngineError(problem)
+        workers = max(1, workers or min(8, os.cpu_count() or 1))
+        ahead = workers + batch_size  # bounded read-ahead keeps memory flat
+        pending: list[tuple[int, dict, tuple]] = []
+        with make_executor(decode, workers) as pool:
+            for index, decoded in prefetch(self._decoder(decode), images, pool, ahead):
+                try:
+                    prepared = self._on_device(decoded)
+                except SaliconError as exc:
+                    prepared = exc
                 if isinstance(prepared, Exception):
                     yield index, prepared
                     continue
@@ -315,6 +305,44 @@ class Salicon:
                     pending = []
             if pending:
                 yield from self._run_batch(pending)
+
+    def _decoder(self, decode: str):
+        """What a decode worker runs on one image (picklable for processes)."""
+        if decode == "gpu":
+            return functools.partial(read_for_gpu, max_pixels=self.max_pixels)
+        if decode == "processes":
+            if self.device.type == "cpu":
+                return functools.partial(decode_inputs, spec=self.preprocess_spec())
+            return functools.partial(decode_rgb, max_pixels=self.max_pixels)
+
+        def prepare(item):
+            try:
+                return self.preprocess(item)
+            except SaliconError as exc:
+                return exc
+        return prepare
+
+    def _on_device(self, decoded):
+        """A worker's result made into (net inputs on the device, image size), or its error."""
+        if isinstance(decoded, Exception):
+            return decoded
+        if isinstance(decoded, np.ndarray):  # 8-bit pixels from a process
+            rgb = to_device(decoded, self.device)
+        elif isinstance(decoded[0], dict):  # already the net's inputs
+            return {k: torch.as_tensor(v) for k, v in decoded[0].items()}, decoded[1]
+        elif decoded[0] == "jpeg":
+            rgb = decode_jpeg_on(decoded[1], self.device)
+        else:
+            rgb = to_device(decoded[1], self.device)
+        names = list(self.net.input_shapes)
+        blobs = image_to_inputs_nhwc(rgb, [self.net.input_shapes[n][2:] for n in names], self.resize,
+                                     self.input_scale, self.mean_bgr, self.device)
+        return dict(zip(names, blobs)), (int(rgb.shape[0]), int(rgb.shape[1]))
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        """What making this model's inputs needs, without the weights (for workers)."""
+        return PreprocessSpec({k: tuple(v) for k, v in self.net.input_shapes.items()}, self.resize,
+                              self.input_scale, self.mean_bgr, self.max_pixels)
 
     def _run_batch(self, pending):
         names = pending[0][1].keys()

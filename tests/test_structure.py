@@ -20,7 +20,7 @@ LAYERS = {
     "salicon.image": 1, "salicon.preprocess": 1, "salicon.metrics": 1, "salicon.device": 1,
     "salicon.fixations": 1,
     # 2: what users name and see
-    "salicon.inputs": 2, "salicon.visualize": 2, "salicon.postprocess": 2,
+    "salicon.inputs": 2, "salicon.visualize": 2, "salicon.postprocess": 2, "salicon.decode": 2,
     # 3: everything written to disk
     "salicon.outputs": 3,
     # 4: file formats

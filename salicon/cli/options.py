@@ -166,6 +166,17 @@ def add_model(p: argparse.ArgumentParser, fast: bool = True) -> None:
                             "(OSIE test NSS 2.02 against 2.71; see the README)")
 
 
+def forward_variants(text: str) -> str:
+    """--variants: names checked now, kept as text (Salicon parses them)."""
+    from ..engine.fast import ForwardOptions
+
+    try:
+        ForwardOptions.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_engine(p: argparse.ArgumentParser, engine_help: str, inference: bool = True,
                precision: str = "auto") -> None:
     """--device, --engine, --precision (default ``precision``), --input-scale and, for inference, --runtime."""
@@ -180,6 +191,11 @@ def add_engine(p: argparse.ArgumentParser, engine_help: str, inference: bool = T
                             "the model's quantized file: 3.6x faster than fp32 on 2 cores, maps CC >= 0.999 "
                             "with fp32), or auto: int8 on a CPU where the model has an int8 file (the shipped "
                             "model has), else fp32")
+        p.add_argument("--variants", default="", type=forward_variants, metavar="NAMES",
+                       help="forward variants of the PyTorch net, comma-separated: channels-last, fuse-relu, "
+                            "cast-weights (bf16 weights, no autocast), compile (torch.compile), cuda-graphs "
+                            "(GPU); 'all' or none (default). Same maps within float rounding; speed-ups are "
+                            "measured by benchmarks/gpu_check.sh")
     else:
         p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
                        help="numerics: fp32 (exact), tf32 or bf16 autocast (faster on GPUs)")
@@ -243,7 +259,7 @@ def salicon_options(args: argparse.Namespace, **overrides) -> dict:
         raise UsageError(str(exc)) from None
     options = {"model": args.model, "prototxt": prototxt_arg(args), "device": args.device, "engine": args.engine,
                "precision": args.precision, "runtime": args.runtime, "input_scale": args.input_scale}
-    for name in ("resize", "max_pixels", "postprocess"):
+    for name in ("resize", "max_pixels", "postprocess", "variants"):
         if hasattr(args, name):
             options[name] = getattr(args, name)
     options.update(overrides)

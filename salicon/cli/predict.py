@@ -48,6 +48,12 @@ def add_parser(sub) -> None:
     add_model(p)
     add_engine(p, "pytorch (auto) or real Caffe through pycaffe (CPU; scripts/install_caffe.sh)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
+    p.add_argument("--decode", default="threads", choices=["threads", "processes", "gpu"],
+                   help="how images are decoded ahead of the net: worker threads (default), worker processes "
+                        "(pixels copied to a GPU through pinned memory and resized there), or gpu (JPEGs decoded "
+                        "on the GPU by torchvision)")
+    p.add_argument("--workers", type=positive_int,
+                   help="decode workers (default: the cores, at most 8); map files are written by as many threads")
     add_max_pixels(p, DEFAULT_MAX_PIXELS, "PIL's own limit")
     p.add_argument("--resize", default="spline", choices=["spline", "scipy", "bilinear"],
                    help="resize method (spline = the published cubic zoom, computed fast)")
@@ -146,6 +152,11 @@ def _predict_here(args: argparse.Namespace, items: list[Item], spec: OutputSpec,
     except (SaliconError, ValueError) as exc:
         remove_empty_folders(created)
         return model_problem(exc)
+    from ..decode import gpu_decode_problem
+    if args.decode == "gpu" and (problem := gpu_decode_problem(model.device)):
+        remove_empty_folders(created)
+        error(f"--decode gpu: {problem}")
+        return 2
     counts = WriteCounts(spec.kinds(), failed=not_found)
     _run(model, items, args, spec, counts)
     if not any(counts.written.values()):
@@ -168,7 +179,8 @@ def _run(model, items: list[Item], args: argparse.Namespace, spec: OutputSpec, c
     def image_of(source: str) -> Callable:
         return lambda: load_image(source, as_float=False, max_pixels=args.max_pixels)
 
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as writer:
+    writers = args.workers or min(8, os.cpu_count() or 1)  # PNG encoding releases the GIL: threads scale
+    with ThreadPoolExecutor(max_workers=writers) as writer:
         pending: deque = deque()
 
         def collect(block: bool) -> None:
@@ -179,7 +191,8 @@ def _run(model, items: list[Item], args: argparse.Namespace, spec: OutputSpec, c
                 if not result.ok:
                     report(source, result.message())
 
-        for index, result in model.iter_saliency([it.source for it in items], batch_size=args.batch_size):
+        for index, result in model.iter_saliency([it.source for it in items], batch_size=args.batch_size,
+                                                 workers=args.workers, decode=args.decode):
             item = items[index]
             bar.update(1)
             if isinstance(result, Exception):
@@ -188,7 +201,7 @@ def _run(model, items: list[Item], args: argparse.Namespace, spec: OutputSpec, c
                 continue
             pending.append((item.source, writer.submit(write_map, store, item.stem, result, spec,
                                                        image_of(item.source))))
-            collect(block=len(pending) > 8)
+            collect(block=len(pending) > 2 * writers)
         collect(block=True)
     bar.close()
 
@@ -196,6 +209,9 @@ def _run(model, items: list[Item], args: argparse.Namespace, spec: OutputSpec, c
 def _ray_problem(args: argparse.Namespace) -> int | None:
     from ..batch import ray_dependencies_missing
 
+    if args.decode != "threads" or args.workers:
+        error("--decode and --workers apply to single-process predict; --ray jobs decode on Ray's CPU workers")
+        return 2
     problem = ray_problem(args, _address(args), ray_dependencies_missing, "single-process predict")
     if problem is not None:
         return problem
@@ -220,7 +236,7 @@ def _predict_on_ray(args: argparse.Namespace, items: list[Item], spec: OutputSpe
                          actors=args.actors, batch_size=args.batch_size, device=args.device,
                          precision=args.precision, runtime=args.runtime, input_scale=args.input_scale,
                          resize=args.resize, postprocess=args.postprocess, max_pixels=args.max_pixels,
-                         progress=not args.quiet)
+                         progress=not args.quiet, variants=args.variants)
     try:
         report = predict_on_ray(items, args.out, options, spec=spec)
     except (SaliconError, ValueError) as exc:

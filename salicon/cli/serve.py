@@ -172,6 +172,6 @@ def _checked_salicon_options(args: argparse.Namespace) -> dict:
     options = salicon_options(args)
     options["model"] = str(Path(options["model"] or default_model_path()).resolve())
     options["prototxt"] = str(Path(options["prototxt"] or prototxt_path()).resolve())
-    checked = Salicon(**{**options, "device": "cpu", "precision": "fp32", "runtime": "pytorch"})
+    checked = Salicon(**{**options, "device": "cpu", "precision": "fp32", "runtime": "pytorch", "variants": ""})
     del checked
     return options
