@@ -6,13 +6,14 @@ decoding the files, getting their pixels to the device, encoding the maps.
 images ahead, in input order. The decoders (``Salicon.iter_saliency(decode=)``,
 ``salicon predict --decode``):
 
-- ``threads`` (default): worker threads decode each file and make the net's
-  inputs (resize included) on the model's device, as ``Salicon.preprocess``;
-- ``processes``: worker processes decode the files (PIL, as
-  :func:`~salicon.image.load_image`: EXIF orientation, grey, palette, alpha,
-  16-bit); on a CPU they make the net's inputs too, so nothing heavy is left to
-  the parent; on a GPU they hand back 8-bit pixels, which the parent copies to
-  the device through pinned memory, asynchronously, and resizes there;
+- ``threads`` (default) and ``processes``: worker threads or processes decode
+  the files (PIL, as :func:`~salicon.image.load_image`: EXIF orientation, grey,
+  palette, alpha, 16-bit). On a CPU they make the net's inputs too (resize
+  included), so nothing heavy is left to the parent; on a GPU they hand back
+  8-bit pixels, which the parent copies to the device through pinned memory,
+  asynchronously, and resizes there. PIL and the resize release the GIL, so
+  threads scale with the cores; processes pay for sending the pixels back
+  (``benchmarks/bench_decode.py`` measures both);
 - ``gpu``: worker threads read the files and JPEGs are decoded on the GPU by
   ``torchvision.io.decode_jpeg`` (other formats by PIL in the worker), then
   resized on the device. Needs torchvision and CUDA.
@@ -124,11 +125,16 @@ def to_device(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
+def _single_threaded() -> None:
+    torch.set_num_threads(1)  # one core per worker process: the pool is the parallelism
+
+
 def make_executor(kind: str, workers: int) -> Executor:
     """A thread pool, or a process pool whose workers start fresh ("spawn": no
-    copy of a parent that holds CUDA or OpenMP state)."""
+    copy of a parent that holds CUDA or OpenMP state) and use one core each."""
     if kind == "processes":
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_single_threaded)
     return ThreadPoolExecutor(workers)
 
 

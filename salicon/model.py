@@ -310,10 +310,10 @@ class Salicon:
         """What a decode worker runs on one image (picklable for processes)."""
         if decode == "gpu":
             return functools.partial(read_for_gpu, max_pixels=self.max_pixels)
-        if decode == "processes":
-            if self.device.type == "cpu":
-                return functools.partial(decode_inputs, spec=self.preprocess_spec())
+        if self.device.type == "cuda":  # workers decode; the parent uploads (pinned, async) and resizes there
             return functools.partial(decode_rgb, max_pixels=self.max_pixels)
+        if decode == "processes":
+            return functools.partial(decode_inputs, spec=self.preprocess_spec())
 
         def prepare(item):
             try:
