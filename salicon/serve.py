@@ -25,7 +25,7 @@ import queue
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +77,7 @@ class InferenceWorker:
         self.images = 0          # images run through the net
         self.forwards = 0        # forward passes (batches)
         self.seconds_per_image: float | None = None  # running mean of the last passes
+        self.batch_sizes: Counter[int] = Counter()  # how many forward passes ran with each batch size
         self.busy = False
         self._thread = threading.Thread(target=self._run, name="salicon-net", daemon=True)
         self._thread.start()
@@ -134,6 +135,7 @@ class InferenceWorker:
         with self._lock:
             self.images += len(batch)
             self.forwards += 1
+            self.batch_sizes[len(batch)] += 1
             old = self.seconds_per_image
             self.seconds_per_image = per_image if old is None else 0.7 * old + 0.3 * per_image
 
@@ -240,6 +242,7 @@ class SaliencyService:
             "formats": list(IMAGE_FORMATS),
             "queue": {"waiting": self.worker.waiting, "running": self.worker.busy},
             "images": self.worker.images,
+            "batches": {str(k): v for k, v in sorted(self.worker.batch_sizes.items())},
             "seconds_per_image": self.worker.seconds_per_image,
             "uptime_s": round(time.time() - self.started, 1),
             **self.labels,

@@ -286,6 +286,13 @@ def _select_(dest: list[torch.Tensor], new: list[torch.Tensor], keep: torch.Tens
     torch._foreach_add_(d, n)
 
 
+def _gate_(values: list[torch.Tensor], ok: torch.Tensor) -> None:
+    """``values`` zeroed (+0.0) where ``ok`` is 0 and left exactly as they are where
+    it is 1: a product of bit patterns, so a NaN value is zeroed too."""
+    if values:
+        torch._foreach_mul_([t.view(_BITS[t.dtype]) for t in values], ok)
+
+
 class MultiTensorSolver(Solver):
     """:class:`Solver` with its update as multi-tensor (``torch._foreach_*``)
     operations and no host synchronisation per step.
@@ -382,10 +389,10 @@ class MultiTensorSolver(Solver):
             new, value = self._update_values(old, g, rate * lr_mult)
             if value[0].dtype != weights[0].dtype:
                 value = [v.to(w.dtype) for v, w in zip(value, weights)]
-            stepped = torch._foreach_sub(weights, value)
             for hist_old, hist_new in zip(old, new):
                 _select_(hist_old, hist_new, self._bad)
-            _select_(weights, stepped, self._bad)
+            _gate_(value, 1 - self._bad)  # after a bad loss w - (+0.0): w exactly
+            torch._foreach_sub_(weights, value)
         self.iter += 1
 
     def _clipped(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:

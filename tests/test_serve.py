@@ -272,6 +272,7 @@ def test_worker_batches_what_waits_together():
     worker.close()
     assert values == [2.0 * i for i in range(6)]
     assert net.batches[0] == 1 and sorted(net.batches[1:], reverse=True) == [4, 1]
+    assert worker.batch_sizes == {1: 2, 4: 1}  # what health reports as "batches"
 
 
 def test_worker_queue_full_is_503_and_errors_reach_the_caller():
