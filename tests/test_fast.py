@@ -190,3 +190,11 @@ def test_salicon_with_variants_equals_the_plain_model(small_prototxt, small_mode
     np.testing.assert_allclose(got, ref, atol=1e-5)
     with pytest.raises(ValueError, match="forward variants .* are for the PyTorch runtime"):
         Salicon(small_model, small_prototxt, device="cpu", precision="fp32", runtime="openvino", variants="fuse-relu")
+
+
+def test_cli_variants_option_is_checked(capsys):
+    from salicon.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "x.jpg", "-o", "out", "--variants", "fused"])
+    assert exit_info.value.code == 2
+    assert "unknown forward variant(s) fused" in capsys.readouterr().err

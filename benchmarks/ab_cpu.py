@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""bench_cpu.py on two versions of the code in one run: is there a CPU regression?
+
+Extracts ``--before`` (a git revision) into a temporary folder and runs that
+tree's ``benchmarks/bench_cpu.py`` and this tree's in turns (before, after,
+before, after, ... for --rounds), so both see the same machine state. Compares
+each measurement's steady-state median (and predict's seconds per image)
+between the two, as after / before (< 1: faster now).
+
+    python benchmarks/ab_cpu.py --before 36c28fe --rounds 2 --json benchmarks/results/cpu_ab_2core.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def extract(revision: str, folder: Path) -> Path:
+    """The tree of ``revision`` (tracked files, the shipped model included) in ``folder``."""
+    archive = folder / "before.tar"
+    subprocess.run(["git", "archive", "--format=tar", "-o", str(archive), revision], cwd=ROOT, check=True)
+    tree = folder / "before"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    return tree
+
+
+def bench(tree: Path, out: Path, extra: list[str]) -> dict:
+    """That tree's bench_cpu.py, importing that tree's package."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    cmd = [sys.executable, str(tree / "benchmarks" / "bench_cpu.py"), "--json", str(out)] + extra
+    subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def timings(result: dict) -> dict[str, float]:
+    """Steady-state seconds of every measurement in one bench_cpu result."""
+    out = {k: v["median_s"] for k, v in result.items() if isinstance(v, dict) and "median_s" in v}
+    out.update({k: v["steady_s_per_image"] for k, v in result.items()
+                if isinstance(v, dict) and "steady_s_per_image" in v})
+    return out
+
+
+def main() -> int:
+    from machine import write_report
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", required=True, help="git revision to compare against")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="bench_cpu.py --repeat")
+    parser.add_argument("--throughput", type=int, default=6, help="bench_cpu.py --throughput")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    extra = ["--repeat", str(args.repeat), "--throughput", str(args.throughput)]
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"before": extract(args.before, Path(tmp)), "after": ROOT}
+        for r in range(args.rounds):
+            for side in ("before", "after"):
+                print(f"round {r + 1}/{args.rounds}: {side}", flush=True)
+                runs[side].append(bench(trees[side], Path(tmp) / f"{side}_{r}.json", extra))
+    rows = {}
+    for key in timings(runs["before"][0]):
+        before = [timings(x)[key] for x in runs["before"] if key in timings(x)]
+        after = [timings(x)[key] for x in runs["after"] if key in timings(x)]
+        if before and after:
+            rows[key] = {"before_s": statistics.median(before), "after_s": statistics.median(after),
+                         "after_over_before": statistics.median(after) / statistics.median(before)}
+            print(f"{key:44s} before {rows[key]['before_s']:8.3f} s  after {rows[key]['after_s']:8.3f} s  "
+                  f"ratio {rows[key]['after_over_before']:.3f}")
+    worst = max(rows.values(), key=lambda r: r["after_over_before"])["after_over_before"]
+    print(f"largest slow-down: {100 * (worst - 1):+.1f} %")
+    write_report(args.json, {"before": args.before, "after": subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        "rounds": args.rounds, "bench_cpu_args": extra, "machine": runs["after"][0]["machine"], "rows": rows,
+        "largest_slowdown": worst - 1})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
