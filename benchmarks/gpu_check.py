@@ -45,7 +45,8 @@ SMALL_BUDGETS = {"forward": 12, "end_to_end": 6, "train": 5, "serve": 6, "ray": 
 #: Forward variants measured, cheapest first (compile last: it spends its budget compiling).
 VARIANT_ROWS = {"plain": "", "channels_last": "channels_last", "fuse_relu": "fuse_relu",
                 "cast_weights": "cast_weights", "cuda_graphs": "cuda_graphs",
-                "fast": "channels_last,fuse_relu,cast_weights,cuda_graphs", "compile": "compile,channels_last,cast_weights"}
+                "fast": "channels_last,fuse_relu,cast_weights,cuda_graphs",
+                "compile": "compile,channels_last,cast_weights"}
 #: What the bar asks of an H100/H200 (img/s or steps/s).
 BAR = {"forward_bf16": 300, "forward_tf32": 150, "predict": 250, "train": 120}
 
@@ -145,7 +146,8 @@ def bar(report: dict) -> dict:
     figures = {"forward_bf16": best("bf16"), "forward_tf32": best("tf32"),
                "predict": max(predict) if predict else None, "train": max(train) if train else None}
     out = {k: {"measured": v, "wanted": BAR[k], "met": None if v is None else v >= BAR[k]} for k, v in figures.items()}
-    out["serve_works"] = bool(report.get("serve", {}).get("maps")) and not report.get("serve", {}).get("failures")
+    serve = report.get("serve", {})
+    out["serve_works"] = bool(serve.get("maps")) and not serve.get("failures")
     ray = report.get("ray", {})
     out["ray_works"] = None if ray.get("skipped") else ray.get("exit_code") == 0 and ray.get("maps") == ray.get("images")
     return out

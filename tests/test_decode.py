@@ -68,23 +68,23 @@ def test_prefetch_keeps_order_and_stays_bounded():
 def test_decode_rgb_equals_load_image_and_returns_errors(images, tmp_path):
     paths, broken = images
     for path in paths:
-        np.testing.assert_array_equal(decode_rgb(path, None), load_image(path, as_float=False))
-    assert isinstance(decode_rgb(broken, None), SaliconError)
+        np.testing.assert_array_equal(decode_rgb(path, 10**8), load_image(path, as_float=False))
+    assert isinstance(decode_rgb(broken, 10**8), SaliconError)
     assert isinstance(decode_rgb(paths[0], 100), ImageTooLargeError)
 
 
 def test_read_for_gpu_sends_plain_jpegs_and_decodes_the_rest(images):
     paths, broken = images
-    kind, data = read_for_gpu(paths[0], None)
+    kind, data = read_for_gpu(paths[0], 10**8)
     assert kind == "jpeg" and data == paths[0].read_bytes()
-    assert read_for_gpu(paths[4], None)[0] == "jpeg"  # grey JPEG: the GPU decoder makes it RGB
-    kind, rgb = read_for_gpu(paths[1], None)  # PNG: decoded here
+    assert read_for_gpu(paths[4], 10**8)[0] == "jpeg"  # grey JPEG: the GPU decoder makes it RGB
+    kind, rgb = read_for_gpu(paths[1], 10**8)  # PNG: decoded here
     assert kind == "rgb"
     np.testing.assert_array_equal(rgb, load_image(paths[1], as_float=False))
-    assert isinstance(read_for_gpu(broken, None), SaliconError)
+    assert isinstance(read_for_gpu(broken, 10**8), SaliconError)
     too_large = read_for_gpu(paths[0], 100)
     assert isinstance(too_large, ImageTooLargeError) and str(paths[0]) in str(too_large)
-    kind, rgb = read_for_gpu(np.zeros((4, 5, 3), np.uint8), None)  # arrays are pixels already
+    kind, rgb = read_for_gpu(np.zeros((4, 5, 3), np.uint8), 10**8)  # arrays are pixels already
     assert kind == "rgb" and rgb.shape == (4, 5, 3)
 
 

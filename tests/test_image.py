@@ -46,7 +46,8 @@ def test_uint8_loading_keeps_eight_bits(tmp_path):
 
 
 def test_pixel_limit_is_checked_before_decoding_and_can_be_lifted(tmp_path, monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # lifting raises PIL's; restore it
+    # PIL's own default (a load_image(max_pixels=None) earlier in the process lifts it); restored afterwards
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(1024 * 1024 * 1024 // 4 // 3))
     path = tmp_path / "huge.png"
     _png_header_only(path, 30000, 30000)
     with pytest.raises(ImageError, match="900.0 megapixels exceeds the limit of 179.0 megapixels"):
