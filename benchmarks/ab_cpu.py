@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """bench_cpu.py on two versions of the code in one run: is there a CPU regression?
 
-Extracts ``--before`` (a git revision) into a temporary folder and runs that
-tree's ``benchmarks/bench_cpu.py`` and this tree's in turns (before, after,
-before, after, ... for --rounds), so both see the same machine state. Compares
+Extracts ``--before`` and ``--after`` (git revisions; after: HEAD) into a
+temporary folder and runs each tree's ``benchmarks/bench_cpu.py`` in turns
+(before, after, before, after, ... for --rounds), so both see the same machine
+state (and edits to the working tree during the run change neither). Compares
 each measurement's steady-state median (and predict's seconds per image)
 between the two, as after / before (< 1: faster now).
 
@@ -25,11 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def extract(revision: str, folder: Path) -> Path:
-    """The tree of ``revision`` (tracked files, the shipped model included) in ``folder``."""
-    archive = folder / "before.tar"
+def extract(revision: str, folder: Path, name: str) -> Path:
+    """The tree of ``revision`` (tracked files, the shipped model included) in ``folder/name``."""
+    archive = folder / f"{name}.tar"
     subprocess.run(["git", "archive", "--format=tar", "-o", str(archive), revision], cwd=ROOT, check=True)
-    tree = folder / "before"
+    tree = folder / name
     with tarfile.open(archive) as tar:
         tar.extractall(tree, filter="data")
     return tree
@@ -56,6 +57,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="git revision to compare against")
+    parser.add_argument("--after", default="HEAD", help="git revision to compare (default HEAD)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="bench_cpu.py --repeat")
     parser.add_argument("--throughput", type=int, default=6, help="bench_cpu.py --throughput")
@@ -64,7 +66,7 @@ def main() -> int:
     extra = ["--repeat", str(args.repeat), "--throughput", str(args.throughput)]
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"before": extract(args.before, Path(tmp)), "after": ROOT}
+        trees = {side: extract(getattr(args, side), Path(tmp), side) for side in ("before", "after")}
         for r in range(args.rounds):
             for side in ("before", "after"):
                 print(f"round {r + 1}/{args.rounds}: {side}", flush=True)
@@ -80,8 +82,8 @@ def main() -> int:
                   f"ratio {rows[key]['after_over_before']:.3f}")
     worst = max(rows.values(), key=lambda r: r["after_over_before"])["after_over_before"]
     print(f"largest slow-down: {100 * (worst - 1):+.1f} %")
-    write_report(args.json, {"before": args.before, "after": subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+    after = subprocess.run(["git", "rev-parse", "--short", args.after], cwd=ROOT, capture_output=True, text=True)
+    write_report(args.json, {"before": args.before, "after": after.stdout.strip(),
         "rounds": args.rounds, "bench_cpu_args": extra, "machine": runs["after"][0]["machine"], "rows": rows,
         "largest_slowdown": worst - 1})
     return 0
