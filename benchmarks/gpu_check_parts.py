@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpu_check import ROOT, VARIANT_ROWS
+from gpu_check import ROOT, ROW_ORDER, VARIANT_ROWS
 
-PRECISIONS = ("fp32", "tf32", "bf16")
 OUTPUT = "saliency_map_out"
 #: The small edited net of --small: every size divided by 20 (pool5 2x3).
 SMALL_SIZES = {"1,3,1200,1600": "1,3,60,80", "1,3,600,800": "1,3,30,40",
@@ -146,43 +145,44 @@ def part_forward(ctx: Context) -> None:
     names = list(master.input_shapes)
     blobs = [image_to_inputs(rgb, [master.input_shapes[n][2:] for n in names]) for rgb in photos(8, ctx.image_size())]
     inputs = {n: torch.stack([b[i] for b in blobs]).to(device) for i, n in enumerate(names)}
-    seconds = 0.05 if ctx.small else 1.5
+    seconds = 0.05 if ctx.small else 1.0
     ctx.result.update(tflop_per_image=count_flops(master) / 1e12, rows=[], seconds_per_row=seconds,
                       inputs="8 photos (scikit-image samples), the shipped model's weights")
     reference: dict[int, torch.Tensor] = {}
-    for variant, spec in VARIANT_ROWS.items():
-        for precision in PRECISIONS:
-            options = ForwardOptions.parse(spec)
-            row = {"variant": variant, "precision": precision}
-            if options.cuda_graphs and not ctx.cuda:
-                ctx.result["rows"].append({**row, "skipped": "CUDA graphs need a GPU"})
+    for variant, precision in ROW_ORDER:
+        options = ForwardOptions.parse(VARIANT_ROWS[variant])
+        row = {"variant": variant, "precision": precision}
+        if options.cuda_graphs and not ctx.cuda:
+            ctx.result["rows"].append({**row, "skipped": "CUDA graphs need a GPU"})
+            continue
+        if variant == "cast_weights" and precision != "bf16":
+            continue  # the same net as plain: weights are cast for bf16 only
+        if options.compile:  # compiling alone takes seconds to a minute; the other rows come first
+            if ctx.left() < (12 if ctx.small else 25):
+                ctx.result["rows"].append({**row, "skipped": "too little of the part's budget left to compile"})
                 continue
-            if variant == "cast_weights" and precision != "bf16":
-                continue  # the same net as plain: weights are cast for bf16 only
-            if options.compile:  # compiling alone takes seconds to a minute
-                ctx.check(need=12 if ctx.small else 30)
-            ctx.check(need=0.5 if ctx.small else 4)
-            net = Net(proto, device=device)
-            net.load_state_dict(state)
-            net.eval().requires_grad_(False)
-            fast = FastForward(net, OUTPUT, options, precision)
-            for batch in (1, 8):
-                ctx.check(need=0.2 if ctx.small else 2)
-                feeds = {k: v[:batch] for k, v in inputs.items()}
-                measured = time_forward(ctx, fast, feeds, precision, device, seconds, precision_context)
-                maps = normalised(measured.pop("out"))
-                if variant == "plain" and precision == "fp32":
-                    reference[batch] = maps
-                measured.update(batch=batch, cc_vs_fp32=correlation(maps, reference[batch]) if batch in reference
-                                else None, map_std_min=float(maps.std(1).min()),
-                                tflops=measured["img_per_s"] * ctx.result["tflop_per_image"])
-                ctx.result["rows"].append({**row, **measured})
-                ctx.save()
-                ctx.say(f"{variant:13s} {precision:4s} batch {batch}: {measured['img_per_s']:8.1f} img/s, "
-                        f"first call {measured['first_call_s']:.2f} s, CC vs fp32 {measured['cc_vs_fp32']}")
-            del net, fast
-            if ctx.cuda:
-                torch.cuda.empty_cache()
+        ctx.check(need=0.5 if ctx.small else 4)
+        net = Net(proto, device=device)
+        net.load_state_dict(state)
+        net.eval().requires_grad_(False)
+        fast = FastForward(net, OUTPUT, options, precision)
+        for batch in (1, 8):
+            ctx.check(need=0.2 if ctx.small else 2)
+            feeds = {k: v[:batch] for k, v in inputs.items()}
+            measured = time_forward(ctx, fast, feeds, precision, device, seconds, precision_context)
+            maps = normalised(measured.pop("out"))
+            if variant == "plain" and precision == "fp32":
+                reference[batch] = maps
+            measured.update(batch=batch, cc_vs_fp32=correlation(maps, reference[batch]) if batch in reference
+                            else None, map_std_min=float(maps.std(1).min()),
+                            tflops=measured["img_per_s"] * ctx.result["tflop_per_image"])
+            ctx.result["rows"].append({**row, **measured})
+            ctx.save()
+            ctx.say(f"{variant:13s} {precision:4s} batch {batch}: {measured['img_per_s']:8.1f} img/s, "
+                    f"first call {measured['first_call_s']:.2f} s, CC vs fp32 {measured['cc_vs_fp32']}")
+        del net, fast
+        if ctx.cuda:
+            torch.cuda.empty_cache()
 
 
 def time_forward(ctx, fast, feeds, precision, device, seconds, precision_context) -> dict:

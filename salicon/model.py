@@ -144,7 +144,8 @@ class Salicon:
         options = ForwardOptions.parse(variants) if isinstance(variants, str) else variants
         if options and self.runtime != "pytorch":
             raise ValueError(f"forward variants ({', '.join(options.names())}) are for the PyTorch runtime, "
-                             f"not {self.runtime}")
+                             f"not {self.runtime} (precision {self.precision}); choose runtime 'pytorch' with "
+                             f"precision fp32, tf32 or bf16")
         #: The net's forward with the chosen variants, or None for the plain path.
         self.fast = FastForward(self.net, self.output_blob, options, precision) if options else None
 

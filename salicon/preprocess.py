@@ -151,9 +151,10 @@ def image_to_inputs_nhwc(rgb: np.ndarray | torch.Tensor, sizes: Sequence[Sequenc
     The 8-bit image goes to ``device`` as it is and becomes float there (the
     whole image at once: meant for a GPU, not for huge images on small hosts).
     """
-    if method == "scipy":
+    if method == "scipy":  # scipy runs on the host
+        host = rgb.cpu().numpy() if isinstance(rgb, torch.Tensor) else np.asarray(rgb)
         return [b.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0]
-                for b in image_to_inputs(np.asarray(rgb), sizes, method, input_scale, mean_bgr, device)]
+                for b in image_to_inputs(host, sizes, method, input_scale, mean_bgr, device)]
     device = torch.device(device)
     if isinstance(rgb, np.ndarray) and not rgb.flags.writeable:  # a decoder's read-only buffer
         rgb = rgb.copy()

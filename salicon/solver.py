@@ -150,6 +150,22 @@ class Solver:
         net's weighted loss). Returns the loss averaged over the passes. A NaN or
         infinite loss raises FloatingPointError and leaves the weights unchanged.
         """
+        total = 0.0
+        for loss in self._forward_backward(batches, forward):
+            total += float(loss)
+        iter_size = max(1, self.param.iter_size)
+        if not math.isfinite(total):
+            for info in self.infos:  # no update: the weights stay the last good ones
+                info.param.grad = None
+            raise FloatingPointError(f"loss is {total / iter_size} at iteration {self.iter}")
+        self.apply_update()
+        return total / iter_size
+
+    def _forward_backward(self, batches: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
+                          forward: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None
+                          ) -> list[torch.Tensor]:
+        """Fresh gradients from forward/backward passes over ``iter_size`` input
+        dicts; their detached losses, in order."""
         if isinstance(batches, Mapping):
             batches = [batches]
         iter_size = max(1, self.param.iter_size)
@@ -158,25 +174,19 @@ class Solver:
         forward = forward or (lambda feeds: self.net.objective(self.net(**feeds)))
         for info in self.infos:
             info.param.grad = None
-        total = 0.0
+        losses = []
         for feeds in batches:
             loss = forward(feeds)
             loss.backward()
-            total += float(loss.detach())
-        if not math.isfinite(total):
-            for info in self.infos:  # no update: the weights stay the last good ones
-                info.param.grad = None
-            raise FloatingPointError(f"loss is {total / iter_size} at iteration {self.iter}")
-        self.apply_update()
-        return total / iter_size
+            losses.append(loss.detach())
+        return losses
 
     @torch.no_grad()
     def apply_update(self) -> None:
         """Caffe's ApplyUpdate on the gradients now in ``param.grad``."""
         p = self.param
         rate = self.lr
-        grads = [info.param.grad.to(_math_dtype(info.param)) if info.param.grad is not None
-                 else torch.zeros_like(info.param, dtype=_math_dtype(info.param)) for info in self.infos]
+        grads = self._gradients()
         iter_size = max(1, p.iter_size)
         if iter_size > 1:
             grads = [g / iter_size for g in grads]
@@ -196,6 +206,11 @@ class Solver:
                     raise FormatError(f"unknown regularization_type '{p.regularization_type}'")
             w.sub_(self._update_value(k, g, rate * info.lr_mult).to(w.dtype))
         self.iter += 1
+
+    def _gradients(self) -> list[torch.Tensor]:
+        """Each learnable blob's gradient in the update's dtype (zeros for a blob without one)."""
+        return [info.param.grad.to(_math_dtype(info.param)) if info.param.grad is not None
+                else torch.zeros_like(info.param, dtype=_math_dtype(info.param)) for info in self.infos]
 
     def _update_value(self, k: int, g: torch.Tensor, rate: float) -> torch.Tensor:
         p, h = self.param, self.history
@@ -321,20 +336,11 @@ class MultiTensorSolver(Solver):
     def step(self, batches, forward=None) -> torch.Tensor:  # type: ignore[override]
         """One iteration as :meth:`Solver.step`, without reading the loss back:
         returns it as a 0-dim float64 tensor on the device."""
-        if isinstance(batches, Mapping):
-            batches = [batches]
-        iter_size = max(1, self.param.iter_size)
-        if len(batches) != iter_size:
-            raise ValueError(f"iter_size is {iter_size} but {len(batches)} input batches were given")
-        forward = forward or (lambda feeds: self.net.objective(self.net(**feeds)))
-        for info in self.infos:
-            info.param.grad = None
         total = None
-        for feeds in batches:
-            loss = forward(feeds)
-            loss.backward()
-            value = loss.detach().double()  # float32 -> float64 is exact, as float() is
+        for loss in self._forward_backward(batches, forward):
+            value = loss.double()  # float32 -> float64 is exact, as float() is
             total = value if total is None else total + value
+        iter_size = max(1, self.param.iter_size)
         if not self._pending:
             self._pending_from = self.iter
         self._bad |= (~torch.isfinite(total)).long()
@@ -363,11 +369,7 @@ class MultiTensorSolver(Solver):
         """Caffe's ApplyUpdate as list operations, rejected on the device after a bad loss."""
         p = self.param
         rate = self.lr
-        math_dtype = [_math_dtype(info.param) for info in self.infos]
-        grads = [info.param.grad if info.param.grad is not None and info.param.grad.dtype == dt
-                 else (info.param.grad.to(dt) if info.param.grad is not None
-                       else torch.zeros_like(info.param, dtype=dt))
-                 for info, dt in zip(self.infos, math_dtype)]
+        grads = self._gradients()
         iter_size = max(1, p.iter_size)
         if iter_size > 1:
             grads = torch._foreach_div(grads, iter_size)

@@ -175,6 +175,8 @@ def test_nhwc_inputs_equal_the_chw_ones(rng):
             assert a.shape == b.shape
             assert a.unsqueeze(0).is_contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        for a, b in zip(image_to_inputs_nhwc(torch.from_numpy(rgb), sizes, method), ref):  # pixels on a device
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_salicon_with_variants_equals_the_plain_model(small_prototxt, small_model, tmp_path):

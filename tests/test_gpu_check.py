@@ -33,9 +33,10 @@ def test_small_cpu_run_writes_every_section(tmp_path):
         assert report[part]["status"] in ("ok", "stopped at its time budget"), (part, report[part])
     rows = report["forward"]["rows"]
     measured = {(r["variant"], r["precision"], r["batch"]) for r in rows if r.get("img_per_s")}
-    for variant in ("plain", "channels_last", "fuse_relu"):
-        for precision in ("fp32", "bf16"):
-            assert {(variant, precision, 1), (variant, precision, 8)} <= measured, (variant, precision)
+    wanted = [("plain", "fp32"), ("plain", "tf32"), ("plain", "bf16"), ("channels_last", "bf16"),
+              ("fuse_relu", "bf16"), ("cast_weights", "bf16")]  # the rows that come first
+    for variant, precision in wanted:
+        assert {(variant, precision, 1), (variant, precision, 8)} <= measured, (variant, precision)
     for r in rows:
         if r.get("img_per_s"):
             assert r["map_std_min"] > 0  # the shipped model on photos: real maps
