@@ -77,9 +77,13 @@ def main() -> int:
         after = [timings(x)[key] for x in runs["after"] if key in timings(x)]
         if before and after:
             rows[key] = {"before_s": statistics.median(before), "after_s": statistics.median(after),
-                         "after_over_before": statistics.median(after) / statistics.median(before)}
+                         "after_over_before": statistics.median(after) / statistics.median(before),
+                         "before_rounds_s": before, "after_rounds_s": after,
+                         # how much the unchanged "before" code itself varies between rounds
+                         "before_spread": (max(before) - min(before)) / statistics.median(before)}
             print(f"{key:44s} before {rows[key]['before_s']:8.3f} s  after {rows[key]['after_s']:8.3f} s  "
-                  f"ratio {rows[key]['after_over_before']:.3f}")
+                  f"ratio {rows[key]['after_over_before']:.3f}  (before's own spread "
+                  f"{100 * rows[key]['before_spread']:.1f} %)")
     worst = max(rows.values(), key=lambda r: r["after_over_before"])["after_over_before"]
     print(f"largest slow-down: {100 * (worst - 1):+.1f} %")
     after = subprocess.run(["git", "rev-parse", "--short", args.after], cwd=ROOT, capture_output=True, text=True)

@@ -153,7 +153,8 @@ def bar(report: dict) -> dict:
     serve = report.get("serve", {})
     out["serve_works"] = bool(serve.get("maps")) and not serve.get("failures")
     ray = report.get("ray", {})
-    out["ray_works"] = None if ray.get("skipped") else ray.get("exit_code") == 0 and ray.get("maps") == ray.get("images")
+    ray_ok = ray.get("exit_code") == 0 and ray.get("maps") == ray.get("images")
+    out["ray_works"] = None if ray.get("skipped") else ray_ok
     return out
 
 

@@ -169,7 +169,13 @@ def part_forward(ctx: Context) -> None:
         for batch in (1, 8):
             ctx.check(need=0.2 if ctx.small else 2)
             feeds = {k: v[:batch] for k, v in inputs.items()}
-            measured = time_forward(ctx, fast, feeds, precision, device, seconds, precision_context)
+            try:
+                measured = time_forward(ctx, fast, feeds, precision, device, seconds, precision_context)
+            except (RuntimeError, ValueError) as exc:  # one variant failing must not end the part
+                ctx.result["rows"].append({**row, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500]})
+                ctx.save()
+                ctx.say(f"{variant:13s} {precision:4s} batch {batch}: failed: {exc}")
+                continue
             maps = normalised(measured.pop("out"))
             if variant == "plain" and precision == "fp32":
                 reference[batch] = maps
@@ -218,10 +224,10 @@ def part_end_to_end(ctx: Context) -> None:
     if ctx.cuda:
         from salicon.decode import gpu_decode_problem
         problem = gpu_decode_problem(torch.device(ctx.device))
-        runs.append(("gpu", FAST, precision, 8))
         if problem:
             ctx.result["gpu_decode"] = problem
-            runs.pop()
+        else:
+            runs.append(("gpu", FAST, precision, 8))
     runs.append(("threads", "", "fp32", 8))  # the defaults, fp32
     warm = [str(p) for p in paths[:8]]
     for decode, variants, prec, batch in runs:

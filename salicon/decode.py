@@ -25,6 +25,7 @@ import multiprocessing
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -79,7 +80,7 @@ def read_for_gpu(source: ImageLike, max_pixels: int | None) -> tuple[str, Any] |
     else ``("rgb", pixels)`` decoded here; or the error."""
     if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
         try:
-            data = source if isinstance(source, bytes) else open(source, "rb").read()
+            data = source if isinstance(source, bytes) else Path(source).read_bytes()
             with Image.open(io.BytesIO(data)) as img:
                 name = str(source) if not isinstance(source, bytes) else f"<{len(data)} bytes>"
                 check_pixels(img.width, img.height, max_pixels, name)

@@ -81,6 +81,8 @@ class FusedConvReLU(nn.Module):
     def __init__(self, conv: Convolution):
         super().__init__()
         self.conv = conv
+        #: False once cuDNN refused the fused call (a dtype or layout it lacks): then the unfused pair.
+        self.cudnn_fused = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         c = self.conv
@@ -89,8 +91,14 @@ class FusedConvReLU(nn.Module):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
-        if x.is_cuda and not torch.is_grad_enabled():
-            return (torch.cudnn_convolution_relu(x, weight, bias, c.stride, c.pad, c.dilation, c.group),)
+        if x.is_cuda and self.cudnn_fused and not torch.is_grad_enabled():
+            try:
+                return (torch.cudnn_convolution_relu(x, weight, bias, c.stride, c.pad, c.dilation, c.group),)
+            except RuntimeError as exc:
+                self.cudnn_fused = False
+                warnings.warn(f"layer {c.name}: cuDNN's fused convolution+ReLU is not available for "
+                              f"{x.dtype} ({str(exc).splitlines()[0][:200]}); running them one after the other",
+                              RuntimeWarning, stacklevel=2)
         if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
                 and torch.backends.mkldnn.is_available()):
             return (torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(c.pad), list(c.stride),
