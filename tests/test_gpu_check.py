@@ -29,6 +29,7 @@ def test_small_cpu_run_writes_every_section(tmp_path):
     assert path.stat().st_size < 1_000_000
     report = json.loads(path.read_text())
     assert report["seconds"] < 60, report["seconds"]  # CI's budget for this check
+    json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
     for part in ("forward", "end_to_end", "train", "serve", "ray"):
         assert report[part]["status"] in ("ok", "stopped at its time budget"), (part, report[part])
     rows = report["forward"]["rows"]
@@ -49,6 +50,7 @@ def test_small_cpu_run_writes_every_section(tmp_path):
     assert {r["update"] for r in train["rows"]} == {"per-blob", "multi-tensor"}
     assert train["max_abs_weight_diff_between_updates"] == 0.0  # bit-identical on the CPU
     serve = report["serve"]
+    assert serve["status"] == "ok" and serve["load_seconds"] >= 1
     assert serve["maps"] > 0 and serve["failures"] == 0 and sum(serve["batches"].values()) >= serve["maps"]
     ray = report["ray"]
     if "skipped" not in ray:
