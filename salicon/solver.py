@@ -187,9 +187,6 @@ class Solver:
         p = self.param
         rate = self.lr
         grads = self._gradients()
-        iter_size = max(1, p.iter_size)
-        if iter_size > 1:
-            grads = [g / iter_size for g in grads]
         if p.clip_gradients >= 0:
             norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
             if norm > p.clip_gradients:
@@ -208,9 +205,12 @@ class Solver:
         self.iter += 1
 
     def _gradients(self) -> list[torch.Tensor]:
-        """Each learnable blob's gradient in the update's dtype (zeros for a blob without one)."""
-        return [info.param.grad.to(_math_dtype(info.param)) if info.param.grad is not None
-                else torch.zeros_like(info.param, dtype=_math_dtype(info.param)) for info in self.infos]
+        """Each learnable blob's gradient in the update's dtype (zeros for a blob
+        without one), averaged over the ``iter_size`` passes."""
+        grads = [info.param.grad.to(_math_dtype(info.param)) if info.param.grad is not None
+                 else torch.zeros_like(info.param, dtype=_math_dtype(info.param)) for info in self.infos]
+        iter_size = max(1, self.param.iter_size)
+        return torch._foreach_div(grads, iter_size) if iter_size > 1 and grads else grads
 
     def _update_value(self, k: int, g: torch.Tensor, rate: float) -> torch.Tensor:
         p, h = self.param, self.history
@@ -368,13 +368,10 @@ class MultiTensorSolver(Solver):
     def apply_update(self) -> None:
         """Caffe's ApplyUpdate as list operations, rejected on the device after a bad loss."""
         p = self.param
-        rate = self.lr
         grads = self._gradients()
-        iter_size = max(1, p.iter_size)
-        if iter_size > 1:
-            grads = torch._foreach_div(grads, iter_size)
         if p.clip_gradients >= 0 and grads:
             grads = self._clipped(grads)
+        rate = self.lr
         for (lr_mult, decay_mult), ks in self.groups:
             weights = [self.infos[k].param for k in ks]
             g = [grads[k] for k in ks]
