@@ -131,7 +131,6 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------ forward
 def part_forward(ctx: Context) -> None:
-    from salicon.device import precision_context
     from salicon.engine import Net, count_flops
     from salicon.engine.fast import FastForward, ForwardOptions
     from salicon.pretrained import default_model_path
@@ -170,7 +169,7 @@ def part_forward(ctx: Context) -> None:
             ctx.check(need=0.2 if ctx.small else 2)
             feeds = {k: v[:batch] for k, v in inputs.items()}
             try:
-                measured = time_forward(ctx, fast, feeds, precision, device, seconds, precision_context)
+                measured = time_forward(ctx, fast, feeds, precision, device, seconds)
             except (RuntimeError, ValueError) as exc:  # one variant failing must not end the part
                 ctx.result["rows"].append({**row, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500]})
                 ctx.save()
@@ -191,8 +190,10 @@ def part_forward(ctx: Context) -> None:
             torch.cuda.empty_cache()
 
 
-def time_forward(ctx, fast, feeds, precision, device, seconds, precision_context) -> dict:
+def time_forward(ctx, fast, feeds, precision, device, seconds) -> dict:
     """First call, then img/s over ``seconds`` (at least 3 calls) after one more warm-up call."""
+    from salicon.device import precision_context
+
     with torch.inference_mode(), precision_context(precision, device):
         start = time.perf_counter()
         out = fast(**feeds)

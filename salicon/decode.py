@@ -34,7 +34,7 @@ from PIL import Image
 
 from .errors import SaliconError
 from .image import ImageLike, check_pixels, load_image
-from .preprocess import image_to_inputs
+from .preprocess import image_to_inputs, image_to_inputs_nhwc
 
 DECODERS = ("threads", "processes", "gpu")
 
@@ -49,19 +49,22 @@ class PreprocessSpec:
     mean_bgr: tuple[float, float, float]
     max_pixels: int | None
 
-    def inputs(self, rgb: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """HxWx3 8-bit RGB -> one 3 x h x w blob per net input."""
+    def inputs(self, rgb: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
+               nhwc: bool = False) -> dict[str, torch.Tensor]:
+        """HxWx3 8-bit RGB -> one 3 x h x w blob per net input (in NHWC memory
+        order with ``nhwc``: :func:`~salicon.preprocess.image_to_inputs_nhwc`)."""
         names = list(self.input_shapes)
-        blobs = image_to_inputs(rgb, [self.input_shapes[n][2:] for n in names], self.resize, self.input_scale,
-                                self.mean_bgr, device)
+        make = image_to_inputs_nhwc if nhwc else image_to_inputs
+        blobs = make(rgb, [self.input_shapes[n][2:] for n in names], self.resize, self.input_scale,
+                     self.mean_bgr, device)
         return dict(zip(names, blobs))
 
 
-def decode_rgb(source: ImageLike, max_pixels: int | None) -> np.ndarray | SaliconError:
+def decode_rgb(source: ImageLike, max_pixels: int | None, name: str | None = None) -> np.ndarray | SaliconError:
     """8-bit HxWx3 RGB of ``source``, or the error that says why it cannot be read
     (returned, not raised, so that a process pool hands it back as it is)."""
     try:
-        return np.ascontiguousarray(load_image(source, as_float=False, max_pixels=max_pixels))
+        return np.ascontiguousarray(load_image(source, as_float=False, max_pixels=max_pixels, name=name))
     except SaliconError as exc:
         return exc
 
@@ -79,18 +82,23 @@ def read_for_gpu(source: ImageLike, max_pixels: int | None) -> tuple[str, Any] |
     """``("jpeg", bytes)`` for a JPEG file that the GPU can decode (RGB or grey),
     else ``("rgb", pixels)`` decoded here; or the error."""
     if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+        name = str(source) if not isinstance(source, bytes) else f"<{len(source)} bytes>"
         try:
             data = source if isinstance(source, bytes) else Path(source).read_bytes()
-            with Image.open(io.BytesIO(data)) as img:
-                name = str(source) if not isinstance(source, bytes) else f"<{len(data)} bytes>"
-                check_pixels(img.width, img.height, max_pixels, name)
-                if img.format == "JPEG" and img.mode in ("RGB", "L"):
-                    return "jpeg", data
-        except SaliconError as exc:
-            return exc
-        except (OSError, ValueError):
-            pass  # load_image below says what is wrong, with the file's name
-    rgb = decode_rgb(source, max_pixels)
+        except OSError:
+            data = None  # load_image below says what is wrong, with the file's name
+        if data is not None:
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    check_pixels(img.width, img.height, max_pixels, name)
+                    if img.format == "JPEG" and img.mode in ("RGB", "L"):
+                        return "jpeg", data
+            except SaliconError as exc:
+                return exc
+            except (OSError, ValueError):
+                pass  # not an image PIL knows: load_image below says so
+            source = data  # decoded below from the bytes already read, not read again
+    rgb = decode_rgb(source, max_pixels, name if isinstance(source, bytes) else None)
     return rgb if isinstance(rgb, SaliconError) else ("rgb", rgb)
 
 

@@ -27,7 +27,7 @@ from .engine.fast import FastForward, ForwardOptions
 from .errors import EngineError, SaliconError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, load_image
 from .postprocess import CenterPrior, PostProcess, PostProcessError, parse_postprocess
-from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS, image_to_inputs, image_to_inputs_nhwc
+from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS
 from .types import PathLike
 
 ENGINES = ("auto", "pytorch", "caffe")
@@ -246,11 +246,8 @@ class Salicon:
         """Load ``image`` and make one 3xHxW tensor per net input; also return its (H, W)."""
         rgb = load_image(image, as_float=False, max_pixels=self.max_pixels)
         size = (int(rgb.shape[0]), int(rgb.shape[1]))
-        names = list(self.net.input_shapes)
-        make = image_to_inputs_nhwc if self.fast is not None and self.fast.options.channels_last else image_to_inputs
-        blobs = make(rgb, [self.net.input_shapes[n][2:] for n in names], self.resize, self.input_scale,
-                     self.mean_bgr, self.device)
-        return dict(zip(names, blobs)), size
+        nhwc = self.fast is not None and self.fast.options.channels_last
+        return self.preprocess_spec().inputs(rgb, self.device, nhwc), size
 
     @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -335,10 +332,7 @@ class Salicon:
             rgb = decode_jpeg_on(decoded[1], self.device)
         else:
             rgb = to_device(decoded[1], self.device)
-        names = list(self.net.input_shapes)
-        blobs = image_to_inputs_nhwc(rgb, [self.net.input_shapes[n][2:] for n in names], self.resize,
-                                     self.input_scale, self.mean_bgr, self.device)
-        return dict(zip(names, blobs)), (int(rgb.shape[0]), int(rgb.shape[1]))
+        return self.preprocess_spec().inputs(rgb, self.device, nhwc=True), (int(rgb.shape[0]), int(rgb.shape[1]))
 
     def preprocess_spec(self) -> PreprocessSpec:
         """What making this model's inputs needs, without the weights (for workers)."""

@@ -161,6 +161,11 @@ class Solver:
         self.apply_update()
         return total / iter_size
 
+    def check(self) -> list[float]:
+        """Losses not yet read back: none, since :meth:`step` reads each one (see
+        :meth:`MultiTensorSolver.check`)."""
+        return []
+
     def _forward_backward(self, batches: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
                           forward: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None
                           ) -> list[torch.Tensor]:

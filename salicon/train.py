@@ -255,9 +255,7 @@ class Trainer:
             losses = self.backend.flush()
         except FloatingPointError as exc:
             return f"non-finite loss ({exc})"
-        if losses:
-            run.train_loss = losses[-1]
-            run.recent = (run.recent + losses)[-run.display:]
+        run.add_losses(losses)
         return None
 
     def _stop_reason(self, run: "_Run", interrupt: "_Interrupt") -> str | None:
@@ -290,9 +288,7 @@ class Trainer:
             losses = self.backend.step(self.feeds(sample), read=it % run.display == 0 or it == 1 or snapshot_due)
         except FloatingPointError as exc:
             return f"non-finite loss ({exc})"
-        if losses:
-            run.train_loss = losses[-1]
-            run.recent = (run.recent + losses)[-run.display:]
+        run.add_losses(losses)
         lr = learning_rate(self.solver_param, it - 1)
         rate = (it - run.first_iter) / max(time.perf_counter() - run.start, 1e-9)
         if it % run.display == 0 or it == 1:
@@ -360,6 +356,12 @@ class _Run:
     last_snapshot: tuple[Path, Path] | None = None
     train_loss: float = float("nan")
 
+    def add_losses(self, losses: list[float]) -> None:
+        """Losses just read back: the last is the training loss, the last ``display`` are logged."""
+        if losses:
+            self.train_loss = losses[-1]
+            self.recent = (self.recent + losses)[-self.display:]
+
     def record(self, entry: dict) -> None:
         """Append ``entry`` to the JSON-lines log (flushed) and the history."""
         self.log.write(json.dumps(entry) + "\n")
@@ -391,12 +393,12 @@ class _TorchBackend:
         """One solver step; the losses read back now (the multi-tensor solver
         reads them only when ``read`` is set)."""
         loss = self.solver.step(feeds, forward=self._objective)
-        if isinstance(self.solver, MultiTensorSolver):
-            return self.solver.check() if read else []
-        return [loss]
+        if isinstance(loss, float):  # the per-blob solver reads it back every step
+            return [loss]
+        return self.solver.check() if read else []
 
     def flush(self) -> list[float]:
-        return self.solver.check() if isinstance(self.solver, MultiTensorSolver) else []
+        return self.solver.check()
 
     @torch.no_grad()
     def loss(self, feeds) -> float:

@@ -228,11 +228,8 @@ class FastForward:
         if options.fuse_relu:
             steps = fuse_conv_relu(steps, keep={output})
         self.steps = steps
-        #: Inputs are cast to this dtype (the parameters' own once cast_weights holds them in bf16).
-        self.input_dtype = torch.float32
         if options.cast_weights and precision == "bf16":
-            net.to(torch.bfloat16)
-            self.input_dtype = torch.bfloat16
+            net.to(torch.bfloat16)  # the inputs follow the parameters' dtype (Net.prepare_inputs)
         fn: Callable[[Inputs], torch.Tensor] = lambda inputs: run_steps(self.steps, inputs, self.output)  # noqa: E731
         if options.compile:
             fn = _CompileOrEager(fn)
@@ -241,17 +238,14 @@ class FastForward:
         self._fn = fn
 
     @property
+    def input_dtype(self) -> torch.dtype:
+        """What the inputs are cast to: the parameters' dtype (bfloat16 with cast_weights in bf16)."""
+        return self.net.dtype
+
+    @property
     def autocast(self) -> bool:
         """Whether the caller should run it under bf16 autocast (not once the weights are bf16)."""
         return self.precision == "bf16" and self.input_dtype != torch.bfloat16
 
-    def prepare(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        """An input on the net's device, in its dtype and memory order (one copy at most)."""
-        return value.to(self.net.device, self.input_dtype, non_blocking=True,
-                        memory_format=self.net.memory_format if value.dim() == 4 else torch.preserve_format)
-
     def __call__(self, **inputs: torch.Tensor) -> torch.Tensor:
-        missing = [n for n in self.net.input_shapes if n not in inputs]
-        if missing or len(inputs) != len(self.net.input_shapes):
-            raise ValueError(f"inputs {sorted(inputs)} do not match the net's {list(self.net.input_shapes)}")
-        return self._fn({n: self.prepare(n, v) for n, v in inputs.items()})
+        return self._fn(self.net.prepare_inputs(inputs))

@@ -302,11 +302,9 @@ class Net(nn.Module):
             tensor = tensor.contiguous(memory_format=self.memory_format)
         return tensor
 
-    def forward(self, blobs: Sequence[str] | None = None, **inputs: ArrayLike) -> dict[str, torch.Tensor]:
-        """Run the net on ``inputs`` (input blob name -> array or tensor).
-
-        Returns the net's outputs plus the blobs named in ``blobs``.
-        """
+    def prepare_inputs(self, inputs: Mapping[str, ArrayLike]) -> dict[str, torch.Tensor]:
+        """Every input blob, checked (names, shapes but the batch size) and put on
+        the net's device, in its dtype and memory order."""
         unknown = set(inputs) - set(self.input_shapes)
         if unknown:
             raise ValueError(f"unknown input blob(s) {sorted(unknown)}; the net's inputs are "
@@ -314,11 +312,18 @@ class Net(nn.Module):
         missing = [n for n in self.input_shapes if n not in inputs]
         if missing:
             raise ValueError(f"missing input blob(s) {missing} for {self.source}")
+        return {n: self._prepare_input(n, v) for n, v in inputs.items()}
+
+    def forward(self, blobs: Sequence[str] | None = None, **inputs: ArrayLike) -> dict[str, torch.Tensor]:
+        """Run the net on ``inputs`` (input blob name -> array or tensor).
+
+        Returns the net's outputs plus the blobs named in ``blobs``.
+        """
         wanted = set(self.outputs) | set(blobs or ())
         bad = [b for b in (blobs or ()) if b not in self.blob_shapes]
         if bad:
             raise ValueError(f"no blob(s) named {bad} in {self.source}")
-        values: dict[str, torch.Tensor] = {n: self._prepare_input(n, v) for n, v in inputs.items()}
+        values = self.prepare_inputs(inputs)
         keep = dict(values)
         for i, (layer, bottoms, tops) in enumerate(self._steps):
             outs = layer(*(values[b] for b in bottoms))
