@@ -11,13 +11,13 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from . import formats
 from .engine import Net
-from .engine.net import PROJECT_LAYERS_DIR
+from .engine.python_layers import PROJECT_LAYERS_DIR, LayerFile, find_layer_file
 from .errors import EngineError
 from .types import PathLike
 
@@ -68,11 +68,18 @@ class CaffeNet:
     ``net`` is the pycaffe net itself, for everything else (backward, diffs).
     """
 
-    def __init__(self, prototxt: PathLike, weights: PathLike | None = None, phase: str = "test"):
+    def __init__(self, prototxt: PathLike, weights: PathLike | None = None, phase: str = "test",
+                 layer_files: Mapping[str, LayerFile] | None = None):
         caffe = import_caffe()
-        _add_to_path(Path(prototxt).resolve().parent)
-        # Validate with the project's reader: clear errors instead of an abort.
-        check = Net(prototxt, phase=phase)
+        # Validate with the project's reader: clear errors instead of an abort. Its Python layers
+        # run as written here, so a bad layer file is reported before Caffe imports it.
+        check = Net(prototxt, phase=phase, python_layers="as-written", layer_files=layer_files)
+        for module, file in check.layer_files.items():
+            imported = str(find_layer_file(module))
+            if imported != file.path:
+                raise EngineError(f"{prototxt}: Caffe would import Python layer module '{module}' from "
+                                  f"{imported}, not {file.path}; put that file's folder first on sys.path "
+                                  f"(or PYTHONPATH)")
         if weights is not None:
             check.copy_from(weights, strict=True)
         self.input_shapes = dict(check.input_shapes)

@@ -19,16 +19,11 @@ import torch
 from torch import nn
 
 from .engine import Net
-from .engine.net import PROJECT_LAYERS_DIR
 from .errors import SaliconError
 from .outputs import atomic_write
 from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE
 from .pretrained import OUTPUT_BLOB, default_model_path, model_metadata, prototxt_path, record_path
 from .types import PathLike
-
-#: The Python layer modules the shipped prototxt files name.
-LAYER_MODULES = ("CustomData.py", "custom_interpolation_layer.py")
-
 
 def load_test_net(model: PathLike | None = None, prototxt: PathLike | None = None) -> Net:
     """The test net of ``prototxt`` with the weights of ``model`` (default: the shipped model), float32, CPU."""
@@ -69,11 +64,11 @@ def export_caffemodel(out_dir: PathLike, model: PathLike | None = None, prototxt
         paths["record"] = out_dir / f"{name}.json"
         if paths["record"].resolve() != record.resolve():
             atomic_write(paths["record"], lambda tmp: shutil.copyfile(record, tmp))
-    for module in LAYER_MODULES:
-        src = PROJECT_LAYERS_DIR / module
-        if src.exists() and (out_dir / module).resolve() != src.resolve():
-            atomic_write(out_dir / module, lambda tmp, src=src: shutil.copyfile(src, tmp))
-            paths[module] = out_dir / module
+    for module, file in net.layer_files.items():  # the layer files this net runs, as Caffe will import them
+        dest = out_dir / f"{module}.py"
+        if "." not in module and dest.resolve() != Path(file.path).resolve():
+            atomic_write(dest, lambda tmp, text=file.source: Path(tmp).write_text(text, encoding="utf-8"))
+            paths[dest.name] = dest
     return paths
 
 
@@ -101,6 +96,10 @@ def export_onnx(path: PathLike, model: PathLike | None = None, prototxt: PathLik
     if opset < 17:
         raise SaliconError(f"opset {opset} is too old; use 17 or newer")
     net = load_test_net(model, prototxt)
+    host = [info for info in net.python_layers.values() if not info.native]
+    if host:
+        raise SaliconError(f"cannot export to ONNX: Python layer {host[0].describe()}; only native layers "
+                           f"export (python_layers='native' uses the native layer of that name instead)")
     output = OUTPUT_BLOB if OUTPUT_BLOB in net.outputs else net.outputs[0]
     wrapper = OnnxWrapper(net, output).eval()
     examples = tuple(torch.zeros((1,) + tuple(s[1:])) for s in net.input_shapes.values())

@@ -9,21 +9,23 @@ editing the sizes in the prototxt is all it takes to run at other scales.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from . import pretrained
+from . import formats, pretrained
 from .pretrained import OUTPUT_BLOB
 from .decode import (DECODERS, PreprocessSpec, decode_inputs, decode_jpeg_on, decode_rgb, gpu_decode_problem,
                      make_executor, prefetch, read_for_gpu, to_device)
 from .device import precision_context, resolve_device, resolve_runtime
 from .engine import Net
 from .engine.fast import FastForward, ForwardOptions
+from .engine.python_layers import LayerFile, PythonLayerInfo, plan_python_layers, read_layer_file, resolve_mode
 from .errors import EngineError, SaliconError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, load_image
 from .postprocess import CenterPrior, PostProcess, PostProcessError, parse_postprocess
@@ -53,16 +55,28 @@ def load_postprocess(model: PathLike, spec: str | PostProcess = "default") -> Po
     return parse_postprocess(spec, *record_postprocess(model))
 
 
+def host_layers(prototxt: PathLike | None = None, python_layers: str | None = None,
+                layer_files: Mapping[str, LayerFile] | None = None) -> list[PythonLayerInfo]:
+    """The Python layers of the net ``prototxt`` that would run as written (on the
+    host): with any of them the net runs on the PyTorch runtime only."""
+    path = Path(prototxt) if prototxt is not None else pretrained.prototxt_path()
+    plan = plan_python_layers(formats.read_net_prototxt(path), python_layers, files=layer_files)
+    return [info for info in plan.values() if not info.native]
+
+
 def auto_precision(model: PathLike, prototxt: PathLike | None = None, device: str | torch.device = "auto",
-                   runtime: str = "auto", engine: str = "auto") -> str:
+                   runtime: str = "auto", engine: str = "auto", python_layers: str | None = None,
+                   layer_files: Mapping[str, LayerFile] | None = None) -> str:
     """What ``precision="auto"`` means for the weights file ``model`` and the test
     net ``prototxt``: int8 where it is the fast path (a CPU, OpenVINO installed,
-    an int8 file recorded for this model and made from this prototxt), fp32
-    (exact) everywhere else."""
+    an int8 file recorded for this model and made from this prototxt, every
+    Python layer native), fp32 (exact) everywhere else."""
     from .openvino_engine import openvino_available
 
     on_cpu = str(device) == "cpu" or (str(device) == "auto" and not torch.cuda.is_available())
     if engine == "caffe" or runtime == "pytorch" or not on_cpu or not openvino_available():
+        return "fp32"
+    if host_layers(prototxt, python_layers, layer_files):
         return "fp32"
     record = pretrained.read_record(model, verify=False)
     entry = (record.meta.get("int8") if record else None) or {}
@@ -107,6 +121,15 @@ class Salicon:
             ``"channels-last,fuse-relu,cast-weights"``; ``"compile"`` and, on a
             GPU, ``"cuda-graphs"`` too); none by default. ``channels-last``
             also makes the inputs in NHWC order on the device.
+        python_layers: ``"auto"`` (native layers for the known layer files,
+            other files as written), ``"as-written"`` or ``"native"``; default
+            ``$SALICON_PYTHON_LAYERS``, else auto. A layer run as written
+            needs the PyTorch runtime (auto precision then gives fp32).
+        layer_files: module name -> :class:`~salicon.engine.python_layers.LayerFile`
+            to run instead of importing the module here (what a driver resolved).
+
+    ``python_layers`` (the attribute) says which file and implementation
+    each Python layer of the net runs.
     """
 
     def __init__(self, model: PathLike | None = None, prototxt: PathLike | None = None, *,
@@ -114,7 +137,8 @@ class Salicon:
                  input_scale: float | None = None, resize: str = "spline",
                  mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, postprocess: str | PostProcess = "default",
-                 prototxtpath: PathLike | None = None, variants: str | ForwardOptions = ""):
+                 prototxtpath: PathLike | None = None, variants: str | ForwardOptions = "",
+                 python_layers: str | None = None, layer_files: Mapping[str, LayerFile] | None = None):
         if prototxtpath is not None:  # OpenSALICON's own keyword
             if prototxt is not None:
                 raise ValueError("give prototxt or prototxtpath (its OpenSALICON name), not both")
@@ -125,8 +149,19 @@ class Salicon:
             raise ValueError(f"resize must be one of {RESIZE_METHODS}, not {resize!r}")
         self.model_path = self._model_file(model)
         self.prototxt_path = Path(prototxt) if prototxt is not None else pretrained.prototxt_path()
+        self.python_layers_mode = resolve_mode(python_layers)
+        plan = plan_python_layers(formats.read_net_prototxt(self.prototxt_path), self.python_layers_mode,
+                                  files=layer_files)
+        #: Module name -> the file each Python layer module runs (as resolved here, or as given).
+        self.layer_files = dict(layer_files or {})
+        for info in plan.values():
+            if info.module not in self.layer_files:
+                self.layer_files[info.module] = read_layer_file(info.module, info.file)
+        host = [info for info in plan.values() if not info.native]
         if precision == "auto":
-            precision = auto_precision(self.model_path, self.prototxt_path, device, runtime, engine)
+            precision = ("fp32" if host and engine != "caffe" else
+                         auto_precision(self.model_path, self.prototxt_path, device, runtime, engine,
+                                        self.python_layers_mode, self.layer_files))
         #: Where the net runs: "pytorch", "openvino" or "caffe" (real pycaffe).
         self.runtime = resolve_runtime(runtime, precision, engine)
         self.device = resolve_device("cpu" if self.runtime != "pytorch" and device == "auto" else device)
@@ -139,7 +174,16 @@ class Salicon:
         #: What happens to the net's map on its way to the image.
         self.post = self.resolve_postprocess(postprocess)
         self.engine = "pytorch" if engine == "auto" else engine
+        if host and self.runtime == "openvino":
+            raise EngineError(f"runtime 'openvino' (precision {self.precision}) cannot run Python layer "
+                              f"{host[0].describe()}; use runtime 'pytorch' (precision fp32, tf32 or bf16), "
+                              f"or python_layers='native' to use the native layer instead of that file")
         self.net = self._load_net(channels_last)
+        #: Layer name -> which file and implementation each Python layer runs.
+        self.python_layers = (dict(self.net.python_layers) if isinstance(self.net, Net) else
+                              {name: dataclasses.replace(info, implementation=self.runtime if self.runtime == "caffe"
+                                                         else info.implementation)
+                               for name, info in plan.items()})
         self.output_blob = self._find_output()
         options = ForwardOptions.parse(variants) if isinstance(variants, str) else variants
         if options and self.runtime != "pytorch":
@@ -181,11 +225,12 @@ class Salicon:
             raise EngineError(f"{what} on the CPU only, not on {self.device}")
         if self.runtime == "caffe":
             from .caffe_engine import CaffeNet
-            net = CaffeNet(self.prototxt_path, self.model_path)
+            net = CaffeNet(self.prototxt_path, self.model_path, layer_files=self.layer_files)
         elif self.runtime == "openvino":
             net = self._openvino_net()
         else:
-            net = Net(self.prototxt_path, phase="test", device=self.device)
+            net = Net(self.prototxt_path, phase="test", device=self.device, python_layers=self.python_layers_mode,
+                      layer_files=self.layer_files)
             net.copy_from(self.model_path, strict=True)
             net.eval().requires_grad_(False)
             if channels_last:
@@ -205,7 +250,8 @@ class Salicon:
         if self.model_path.suffix.lower() == ".xml" or self.precision == "int8":
             source = self.model_path if self.model_path.suffix.lower() == ".xml" else self._int8_file()
             net = OpenVINONet(read_ir(source), self.precision, threads=torch.get_num_threads(), source=str(source))
-            shapes = Net(self.prototxt_path, phase="test").input_shapes
+            shapes = Net(self.prototxt_path, phase="test", python_layers=self.python_layers_mode,
+                         layer_files=self.layer_files).input_shapes
             net.check_net(shapes, OUTPUT_BLOB if OUTPUT_BLOB in net.outputs else net.outputs[0])
             return net
         return OpenVINONet(convert_net(self.prototxt_path, self.model_path), self.precision,

@@ -128,6 +128,9 @@ class Solver:
         self.type = solver_type(param)
         learning_rate(param, 0)  # validates the policy
         self.iter = 0
+        #: Leave each learnable blob's applied update in its ``.grad`` after a step
+        #: (what Caffe leaves in the diff; pycaffe scripts read it).
+        self.keep_updates = False
         self.infos: list[ParamInfo] = [p for p in net.param_info() if p.lr_mult != 0]
         frozen = {id(p.param) for p in net.param_info() if p.lr_mult == 0}
         for p in net.parameters():
@@ -206,7 +209,10 @@ class Solver:
                     g = g + decay * torch.sign(w)
                 else:
                     raise FormatError(f"unknown regularization_type '{p.regularization_type}'")
-            w.sub_(self._update_value(k, g, rate * info.lr_mult).to(w.dtype))
+            value = self._update_value(k, g, rate * info.lr_mult).to(w.dtype)
+            w.sub_(value)
+            if self.keep_updates:
+                w.grad = value.clone()
         self.iter += 1
 
     def _gradients(self) -> list[torch.Tensor]:

@@ -11,7 +11,7 @@ import scipy.special
 import torch
 
 from salicon.engine import Blob, Net
-from salicon.engine.net import PROJECT_LAYERS_DIR
+from salicon.engine.python_layers import PROJECT_LAYERS_DIR, read_layer_file
 from salicon.engine.pylayer import load_layer_class
 from salicon.formats import parse_net_prototxt
 
@@ -21,6 +21,10 @@ def make_net(body: str, inputs: dict[str, tuple], phase: str = "test", seed: int
         f'layer {{ name: "{n}" type: "Input" top: "{n}" input_param {{ shape {{ '
         + " ".join(f"dim: {d}" for d in s) + " } } }\n" for n, s in inputs.items())
     return Net(parse_net_prototxt(head + body), phase=phase, seed=seed)
+
+
+def project_layer_file(module: str):
+    return read_layer_file(module, PROJECT_LAYERS_DIR / f"{module}.py")
 
 
 def run(net: Net, **inputs) -> dict[str, np.ndarray]:
@@ -253,7 +257,7 @@ def test_interpolation_equals_scipy_zoom_order1(src, dst, rng):
     net = make_net(INTERP.format(f"1,3,{dst[0]},{dst[1]}"), {"x": (2, 3) + src})
     np.testing.assert_allclose(run(net, x=x)["y"], expected, atol=1e-5)
     # The Caffe Python layer module itself (numpy), through its Caffe interface.
-    layer = load_layer_class("custom_interpolation_layer", "custom_interpolation_layer", [PROJECT_LAYERS_DIR])()
+    layer = load_layer_class(project_layer_file("custom_interpolation_layer"), "custom_interpolation_layer")()
     layer.param_str = f"1,3,{dst[0]},{dst[1]}"
     bottom, top = [Blob(data=x)], [Blob()]
     layer.setup(bottom, top)
@@ -273,7 +277,7 @@ def test_interpolation_backward_is_the_adjoint(rng):
     (ax * torch.from_numpy(y)).sum().backward()
     np.testing.assert_allclose((ax.detach().numpy() * y).sum(), (x * xt.grad.numpy()).sum(), rtol=1e-6)
     # ... and for the Caffe layer's backward.
-    layer = load_layer_class("custom_interpolation_layer", "custom_interpolation_layer", [PROJECT_LAYERS_DIR])()
+    layer = load_layer_class(project_layer_file("custom_interpolation_layer"), "custom_interpolation_layer")()
     layer.param_str = "1,4,38,50"
     bottom, top = [Blob(data=x)], [Blob()]
     layer.setup(bottom, top)
@@ -311,8 +315,9 @@ class ScaledSquare(caffe.Layer):
 '''
 
 
-def test_user_python_layer_forward_and_gradient(tmp_path, rng):
+def test_user_python_layer_forward_and_gradient(tmp_path, rng, monkeypatch):
     (tmp_path / "my_layers.py").write_text(USER_LAYER)
+    monkeypatch.syspath_prepend(str(tmp_path))  # found as Caffe's import finds it
     body = """
     layer { name: "sq" type: "Python" bottom: "x" top: "y" python_param { module: "my_layers" layer: "ScaledSquare"
             param_str: "1.5" } }

@@ -187,6 +187,38 @@ class BilinearInterpolation(Layer):
         return (F.interpolate(x, size=self.size, mode="bilinear", align_corners=True),)
 
 
+class _ZoomDiffDown(torch.autograd.Function):
+    """Aligned-corner linear resize whose backward resizes the top diff back to
+    the bottom's size with the same interpolation (not the adjoint)."""
+
+    @staticmethod
+    def forward(ctx, x, size):
+        ctx.bottom_size = tuple(x.shape[-2:])
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return F.interpolate(grad, size=ctx.bottom_size, mode="bilinear", align_corners=True), None
+
+
+class PublishedInterpolation(BilinearInterpolation):
+    """OpenSALICON's published ``custom_interpolation_layer``: the forward of
+    :class:`BilinearInterpolation` (its ``scipy.ndimage.zoom(order=1)``), and its
+    backward, which zooms the top diff down to the bottom's size with the same
+    linear interpolation: bottom_diff[i] = top_diff at i (H_top-1)/(H_bottom-1),
+    per axis. That is not the gradient of the forward (the adjoint sums the top
+    diff over each bottom sample's neighbourhood); Caffe trains with it when the
+    published file is the one on its path, and so does this layer.
+
+    The published file sets its top to param_str's N as well; this layer keeps
+    the bottom's batch size (at param_str's N both are the same)."""
+
+    def forward(self, x):
+        if tuple(x.shape[-2:]) == self.size:
+            return (x,)
+        return (_ZoomDiffDown.apply(x, self.size),)
+
+
 # ---------------------------------------------------------------------------
 # Vision
 
@@ -646,7 +678,7 @@ class EuclideanLoss(Layer):
 
 
 #: Layer type string (as in the prototxt) -> class. Python layers are resolved
-#: separately (see salicon.engine.pylayer).
+#: separately (see salicon.engine.python_layers).
 LAYER_TYPES: dict[str, Callable[..., Layer]] = {
     "Input": Input,
     "Convolution": Convolution,
@@ -664,10 +696,4 @@ LAYER_TYPES: dict[str, Callable[..., Layer]] = {
     "Scale": Scale,
     "SigmoidCrossEntropyLoss": SigmoidCrossEntropyLoss,
     "EuclideanLoss": EuclideanLoss,
-}
-
-#: Python layers with a native implementation, keyed by (module, class).
-NATIVE_PYTHON_LAYERS: dict[tuple[str, str], Callable[..., Layer]] = {
-    ("CustomData", "CustomData"): CustomData,
-    ("custom_interpolation_layer", "custom_interpolation_layer"): BilinearInterpolation,
 }

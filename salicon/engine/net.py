@@ -23,13 +23,12 @@ from .. import formats
 from ..errors import FormatError, NetError
 from ..proto import caffe_pb2
 from ..types import PathLike
-from .layers import LAYER_TYPES, NATIVE_PYTHON_LAYERS, Layer, Shape
+from .layers import LAYER_TYPES, Layer, Shape
 from .pylayer import PythonLayer
+from .python_layers import (PROJECT_LAYERS_DIR, LayerFile, PythonLayerInfo, announce, layer_file_for, native_for,
+                            resolve_mode)
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
-
-#: Where Python layer modules are looked for besides sys.path.
-PROJECT_LAYERS_DIR = Path(__file__).resolve().parents[2] / "layers"
 
 PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
 _PHASE_NAMES = {caffe_pb2.TRAIN: "train", caffe_pb2.TEST: "test"}
@@ -92,27 +91,38 @@ class Net(nn.Module):
         level, stages: the rest of Caffe's NetState.
         device, dtype: where and in which precision parameters live.
         seed: seeds the weight fillers.
-        search_path: extra folders to import Python layer modules from.
+        search_path: folders to import Python layer modules from before
+            ``sys.path`` (see :mod:`salicon.engine.python_layers`).
+        python_layers: ``"auto"`` (a native layer for known layer files, the
+            file as written otherwise), ``"as-written"``, ``"native"`` (native
+            wherever one of that name exists); default ``$SALICON_PYTHON_LAYERS``
+            or auto.
+        layer_files: module name -> :class:`LayerFile` to run instead of
+            looking the module up (what another process resolved).
 
     After :meth:`forward`, ``net.blobs`` maps blob names to tensors (the inputs,
     the outputs and any blob asked for; all of them with ``keep_blobs=True``),
     and ``net.params`` maps layer names to their parameter blobs, as in pycaffe.
+    ``net.python_layers`` says which file and implementation each Python layer runs.
     """
 
     def __init__(self, prototxt: PathLike | caffe_pb2.NetParameter, weights: PathLike | None = None,
                  phase: str | int = "test", *, level: int = 0, stages: Sequence[str] = (),
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 seed: int | None = None, search_path: Iterable[PathLike] = ()):
+                 seed: int | None = None, search_path: Iterable[PathLike] = (), python_layers: str | None = None,
+                 layer_files: Mapping[str, LayerFile] | None = None):
         super().__init__()
         if isinstance(prototxt, caffe_pb2.NetParameter):
             self.source = "<NetParameter>"
             net_param = formats.upgrade_net(prototxt)
-            search = [Path(p) for p in search_path]
         else:
             self.source = str(prototxt)
             net_param = formats.read_net_prototxt(prototxt)
-            search = [Path(p) for p in search_path] + [Path(prototxt).resolve().parent]
-        search.append(PROJECT_LAYERS_DIR)
+        search = [Path(p) for p in search_path]
+        self.python_layers_mode = resolve_mode(python_layers)
+        self._layer_files = dict(layer_files or {})
+        #: Layer name -> which file and implementation each Python layer runs.
+        self.python_layers: OrderedDict[str, PythonLayerInfo] = OrderedDict()
         phase = _PHASE_NAMES.get(phase, phase) if isinstance(phase, int) else phase
         if phase not in PHASES:
             raise ValueError(f"phase must be 'train' or 'test' (or caffe's TRAIN/TEST), not {phase!r}")
@@ -128,6 +138,8 @@ class Net(nn.Module):
 
         self.layers = nn.ModuleDict()
         self._steps: list[tuple[Layer, tuple[str, ...], tuple[str, ...]]] = []
+        #: The layer name of each step (a step per computing layer and per Python data layer run as written).
+        self.step_names: list[str] = []
         self.input_shapes: OrderedDict[str, Shape] = OrderedDict()
         self.blob_shapes: OrderedDict[str, Shape] = OrderedDict()
         self.loss_weights: dict[str, float] = {}
@@ -155,8 +167,12 @@ class Net(nn.Module):
             if layer.is_input:
                 for top, shape in zip(lp.top, layer.top_shapes):
                     self.input_shapes[top] = tuple(shape)
+                if isinstance(layer, PythonLayer):  # its forward runs on the fed blobs, in place
+                    self._steps.append((layer, tuple(lp.top), tuple(lp.top)))
+                    self.step_names.append(lp.name)
             else:
                 self._steps.append((layer, tuple(lp.bottom), tuple(lp.top)))
+                self.step_names.append(lp.name)
         if not self._steps and not self.input_shapes:
             raise FormatError(f"{self.source}: no layers left in phase '{phase}'")
         #: Blobs not consumed by any later layer (Caffe's net outputs).
@@ -181,14 +197,35 @@ class Net(nn.Module):
             bottom_shapes.append(self.blob_shapes[b])
         phase = PHASES[self.phase]
         if lp.type == "Python":
-            key = (lp.python_param.module, lp.python_param.layer)
-            if key in NATIVE_PYTHON_LAYERS:
-                return NATIVE_PYTHON_LAYERS[key](lp, bottom_shapes, phase, generator)
-            return PythonLayer(lp, bottom_shapes, phase, generator, search_path=search)
+            return self._build_python_layer(lp, bottom_shapes, phase, generator, search)
         if lp.type not in LAYER_TYPES:
             raise NetError(lp.name, lp.type or "<none>",
                            f"unsupported layer type; supported: {', '.join(sorted(LAYER_TYPES))}, Python")
         return LAYER_TYPES[lp.type](lp, bottom_shapes, phase, generator)
+
+    def _build_python_layer(self, lp, bottom_shapes, phase, generator, search) -> Layer:
+        """The layer's file as Caffe would import it; a native layer where one
+        reproduces that file, the file itself otherwise."""
+        pp = lp.python_param
+        if not pp.module or not pp.layer:
+            raise NetError(lp.name, "Python", "python_param needs both 'module' and 'layer'")
+        file = layer_file_for(lp, search, self._layer_files)
+        factory, implementation = native_for(file, pp.layer, self.python_layers_mode)
+        if factory is not None:
+            layer = factory(lp, bottom_shapes, phase, generator)
+        else:
+            layer = PythonLayer(lp, bottom_shapes, phase, generator, file=file)
+        info = PythonLayerInfo(pp.module, pp.layer, file.path, file.fingerprint, implementation)
+        self.python_layers[lp.name] = info
+        self._layer_files.setdefault(pp.module, file)
+        announce(info)
+        return layer
+
+    @property
+    def layer_files(self) -> dict[str, LayerFile]:
+        """Module name -> the file each Python layer module was read from (to
+        build the same net in another process: ``Net(..., layer_files=...)``)."""
+        return dict(self._layer_files)
 
     # ------------------------------------------------------------ parameters
     @property

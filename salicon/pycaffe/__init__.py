@@ -153,7 +153,7 @@ class Net:
     """A net with pycaffe's surface on the PyTorch engine (see the module's doc)."""
 
     def __init__(self, network_file: PathLike, *args, phase: Any = None, weights: PathLike | None = None,
-                 level: int = 0, stages: Any = None):
+                 level: int = 0, stages: Any = None, python_layers: str | None = None):
         if len(args) == 2:                      # Net(prototxt, weights, phase)
             weights, phase = args
         elif len(args) == 1:                    # Net(prototxt, phase)
@@ -164,12 +164,12 @@ class Net:
         if phase is None:
             raise TypeError("Net() needs a phase: caffe.TRAIN or caffe.TEST")
         self._net = EngineNet(str(network_file), phase=_phase_name(phase), level=level, stages=list(stages or ()),
-                              device=_device())
+                              device=_device(), python_layers=python_layers)
         self._net.requires_grad_(False)
         if weights is not None:
             self.copy_from(weights)
         self._layer_names = list(self._net.layer_params)
-        self._step_names = [n for n in self._layer_names if not self._net.layer(n).is_input]
+        self._step_names = list(self._net.step_names)
         self.blobs: OrderedDict[str, Blob] = OrderedDict(
             (name, Blob(shape)) for name, shape in self._net.blob_shapes.items())
         self.params: OrderedDict[str, list[ParamBlob]] = OrderedDict(
@@ -179,7 +179,23 @@ class Net:
         self.outputs = list(self._net.outputs)
         self.top_names = OrderedDict((n, list(lp.top)) for n, lp in self._net.layer_params.items())
         self.bottom_names = OrderedDict((n, list(lp.bottom)) for n, lp in self._net.layer_params.items())
+        # As Caffe's Net::Init: a loss top's diff holds its loss weight (what backward starts from) ...
+        for name, weight in self._net.loss_weights.items():
+            self.blobs[name].diff[...] = weight
+        # ... and a blob needs backward when a layer below it has learnable blobs (lr_mult != 0)
+        # or needs backward itself (every blob with force_backward).
+        self._learnable = {id(i.param) for i in self._net.param_info() if i.lr_mult != 0}
+        force = self._net.net_param.force_backward
+        self._need_backward: set[str] = set(self._feeds) if force else set()
+        for (layer, bottoms, tops) in self._net._steps:
+            if force or any(b in self._need_backward for b in bottoms) or any(
+                    id(p) in self._learnable for p in layer.blobs):
+                self._need_backward.update(tops)
 
+    @property
+    def python_layers(self):
+        """Layer name -> which file and implementation each Python layer runs."""
+        return self._net.python_layers
     def __getattr__(self, name: str):
         raise _unsupported(f"Net.{name}")
 
@@ -209,14 +225,22 @@ class Net:
                 b.pull()
 
     # ----------------------------------------------------------- running
-    def _span(self, start: str | None, end: str | None) -> range:
-        def index(name: str, what: str) -> int:
-            if name not in self._step_names:
-                raise ValueError(f"{what}={name!r}: no such computing layer; layers: {', '.join(self._step_names)}")
-            return self._step_names.index(name)
-        first = index(start, "start") if start is not None else 0
-        last = index(end, "end") if end is not None else len(self._step_names) - 1
-        return range(first, last + 1)
+    def _span(self, low: str | None, high: str | None, backward: bool = False) -> list[int]:
+        """The steps of the layers from ``low`` to ``high`` (layer names, inclusive,
+        in net order; data and Input layers count as layers, as in Caffe)."""
+        order = {name: i for i, name in enumerate(self._layer_names)}
+
+        def index(name: str | None, what: str, default: int) -> int:
+            if name is None:
+                return default
+            if name not in order:
+                raise ValueError(f"{what}={name!r}: no such layer; layers: {', '.join(self._layer_names)}")
+            return order[name]
+        if backward:  # backward(start=top-most layer, end=bottom-most layer)
+            lo, hi = index(high, "end", 0), index(low, "start", len(order) - 1)
+        else:
+            lo, hi = index(low, "start", 0), index(high, "end", len(order) - 1)
+        return [k for k, name in enumerate(self._step_names) if lo <= order[name] <= hi]
 
     def _tensor(self, name: str, grad: bool = False) -> torch.Tensor:
         tensor = torch.from_numpy(self.blobs[name].data).to(self._net.device)
@@ -224,28 +248,34 @@ class Net:
             tensor = tensor.clone().requires_grad_(True)
         return tensor
 
-    def _run(self, span: range, grad: bool = False) -> dict[str, torch.Tensor]:
-        """Run the layers of ``span`` on the blobs' current data; store every top."""
+    def _run(self, span: list[int], grad: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run the layers of ``span`` on the blobs' current data; store every top.
+
+        Returns (each blob's last value, each blob's first value in the span):
+        the first is what a blob's diff is taken from, since an in-place layer
+        (a ReLU) writes its bottom diff into the blob it shares with its top."""
         self._push()
         values: dict[str, torch.Tensor] = {}
-        leaves: dict[str, torch.Tensor] = {}
+        first: dict[str, torch.Tensor] = {}
+        leaves: set[str] = set()
         steps = self._net._steps
         for i in span:
             layer, bottoms, tops = steps[i]
             args = []
             for b in bottoms:
                 if b not in values:
-                    values[b] = leaves[b] = self._tensor(b, grad)
+                    values[b] = first[b] = self._tensor(b, grad and b in self._need_backward)
+                    leaves.add(b)
                 args.append(values[b])
             for t, o in zip(tops, layer(*args)):
                 if grad and o.requires_grad:
                     o.retain_grad()
                 values[t] = o
+                first.setdefault(t, o)
         for name, tensor in values.items():
-            if name not in leaves:
+            if name not in leaves or tensor is not first[name]:
                 self._store(self.blobs[name], "data", tensor)
-        values.update({f"{name}@input": t for name, t in leaves.items()})
-        return values
+        return values, first
 
     @staticmethod
     def _store(blob: Blob, field: str, tensor: torch.Tensor) -> None:
@@ -276,35 +306,64 @@ class Net:
 
     def backward(self, diffs: list[str] | None = None, start: str | None = None, end: str | None = None,
                  **kwargs) -> dict[str, np.ndarray]:
-        """Backward pass: the loss layers (with their loss weights) and the top
-        diffs given as ``kwargs`` are propagated to every blob's and parameter's
-        ``.diff`` (parameter diffs accumulate, as in Caffe). The forward pass is
-        recomputed from the blobs' data. Returns {input blob: diff} plus ``diffs``."""
-        if start is not None or end is not None:
-            raise _unsupported("Net.backward(start=..., end=...)")
+        """Caffe's backward pass from layer ``start`` (default: the last) down to
+        layer ``end`` (default: the first), inclusive.
+
+        ``kwargs`` (all of the net's outputs, or none) are written into the
+        outputs' diffs first. Each layer of the span back-propagates the diffs
+        its tops hold: a top that no later layer of the span reads gives its
+        stored diff (a loss top holds its loss weight, as in Caffe), the others
+        what the layers above computed. Blob diffs are overwritten, parameter
+        diffs accumulate; layers and blobs Caffe would not back-propagate
+        (below frozen layers, net inputs without ``force_backward``) keep their
+        diffs. The forward pass of the span is recomputed from the blobs' data.
+        Returns {blob: diff} for the inputs (``end``: that layer's bottoms) plus ``diffs``.
+        """
+        if kwargs:
+            if set(kwargs) != set(self.outputs):
+                raise ValueError(f"top diffs given for {sorted(kwargs)} but the net's outputs are "
+                                 f"{sorted(self.outputs)}; give all of them or none (as pycaffe)")
+            for top, diff in kwargs.items():
+                diff = np.asarray(diff, dtype=np.float32)
+                if diff.shape[:1] != self.blobs[top].diff.shape[:1]:
+                    raise ValueError(f"diff for '{top}' has shape {diff.shape}, not batch sized "
+                                     f"({self.blobs[top].diff.shape})")
+                self.blobs[top].diff[...] = diff
+        span = self._span(start, end, backward=True)
+        steps = self._net._steps
+        read_later: dict[str, int] = {}
+        for i in span:
+            for b in steps[i][1]:
+                read_later[b] = i
         params = [p for blobs in self._net.params.values() for p in blobs]
         flags = [p.requires_grad for p in params]  # a solver's net keeps its frozen layers frozen
         with torch.enable_grad():
-            for p in params:
-                p.requires_grad_(True)
+            for p in params:  # Caffe computes no diff for a blob with lr_mult 0
+                p.requires_grad_(id(p) in self._learnable)
             try:
-                values = self._run(self._span(None, None), grad=True)
-                total = sum(w * values[n].sum() for n, w in self._net.loss_weights.items() if n in values)
-                for name, diff in kwargs.items():
-                    total = total + (values[name] * torch.as_tensor(np.asarray(diff, np.float32),
-                                                                    device=values[name].device)).sum()
-                if not torch.is_tensor(total):
-                    raise ValueError("nothing to back-propagate: the net has no loss layer and no top diff was given")
-                total.backward()
+                values, first = self._run(span, grad=True)
+                seeds = []
+                for i in span:  # tops that no later layer of the span reads start the pass
+                    for t in steps[i][2]:
+                        if read_later.get(t, -1) <= i and values[t].requires_grad and t not in {s for s, _ in seeds}:
+                            diff = torch.as_tensor(self.blobs[t].diff, device=values[t].device)
+                            seeds.append((t, (values[t] * diff.reshape(values[t].shape)).sum()))
+                if seeds:
+                    torch.autograd.backward([total for _, total in seeds])
             finally:
                 for p, flag in zip(params, flags):
                     p.requires_grad_(flag)
-        for name, tensor in values.items():
-            blob = self.blobs[name.split("@")[0]]
+        for name, tensor in first.items():
             if tensor.grad is not None:
-                self._store(blob, "diff", tensor.grad)
-        wanted = list(self.inputs) + list(diffs or [])
+                self._store(self.blobs[name], "diff", tensor.grad)
+        self._pull_diffs()
+        wanted = (self.bottom_names[end] if end is not None else list(self.inputs)) + list(diffs or [])
         return {name: self.blobs[name].diff for name in dict.fromkeys(wanted)}
+
+    def _pull_diffs(self) -> None:
+        for blobs in self.params.values():
+            for b in blobs:
+                b.diff  # noqa: B018 (GPU: refreshes the host copy)
 
     @property
     def _feeds(self) -> list[str]:
@@ -313,7 +372,7 @@ class Net:
 
     def _objective(self) -> torch.Tensor:
         """The weighted loss of a forward pass on the blobs' data (for the solver)."""
-        values = self._run(self._span(None, None), grad=False)
+        values, _ = self._run(self._span(None, None), grad=False)
         return self._net.objective(values)
 
 
@@ -323,7 +382,9 @@ class Net:
 class SGDSolver:
     """pycaffe's solver: ``SGDSolver(solver.prototxt)``; the net named by the
     solver's ``net`` (relative to the working directory, as in Caffe, else to
-    the solver file's folder) in phase TRAIN."""
+    the solver file's folder) in phase TRAIN, and its test nets (``test_net``
+    files, else the ``net`` in phase TEST once per ``test_iter`` entry), which
+    share the train net's weights, as Caffe's do."""
 
     _TYPE: str | None = "SGD"
 
@@ -334,11 +395,10 @@ class SGDSolver:
             if self._param.HasField("type") and found != self._TYPE:
                 raise ValueError(f"{solver_file}: a {found} solver, not {self._TYPE}; use caffe.get_solver")
             self._param.type = self._TYPE
-        if any(len(getattr(self._param, f, ())) for f in ("test_iter", "test_net", "test_net_param")):
-            warnings.warn(f"{solver_file}: salicon.pycaffe does not run the solver's test nets", stacklevel=2)
         self.net = Net(_net_path(self._param, solver_file), TRAIN)
-        self.test_nets: list[Net] = []
+        self.test_nets: list[Net] = _test_nets(self._param, solver_file, self.net)
         self._solver = Solver(self._param, self.net._net)
+        self._solver.keep_updates = True  # each blob's diff is its applied update after a step, as in Caffe
 
     def __getattr__(self, name: str):
         raise _unsupported(f"Solver.{name}")
@@ -348,24 +408,66 @@ class SGDSolver:
         return self._solver.iter
 
     def step(self, iters: int) -> None:
-        """``iters`` iterations on the net's current input blobs, snapshots at the
-        solver's interval, the loss printed every ``display`` iterations."""
+        """``iters`` iterations on the net's current input blobs (Caffe's
+        Solver::Step): the test nets run first whenever ``iter`` is a multiple
+        of ``test_interval`` (at 0 only with ``test_initialization``), the loss
+        is printed every ``display`` iterations, snapshots at the solver's interval.
+        After a step each learnable blob's ``.diff`` holds the update that was
+        subtracted from it (0 for frozen blobs), as Caffe leaves it."""
         param = self._param
         for _ in range(int(iters)):
+            if (param.test_interval and self.iter % param.test_interval == 0
+                    and (self.iter > 0 or param.test_initialization)):
+                self.test_all()
+            for blobs in self.net._net.params.values():  # Caffe's ClearParamDiffs
+                for p in blobs:
+                    if p.grad is not None:
+                        p.grad.zero_()
             loss = self._solver.step([{}] * max(1, param.iter_size), forward=lambda _: self.net._objective())
             self.net._pull()
+            self.net._pull_diffs()
             if param.display and (self.iter - 1) % param.display == 0:
                 print(f"Iteration {self.iter - 1}, loss = {loss:g}, lr = {self._solver.lr:g}", file=sys.stderr)
             if param.snapshot and self.iter % param.snapshot == 0:
                 self.snapshot()
 
     def solve(self, resume_file: PathLike | None = None) -> None:
-        """Step to ``max_iter``, then snapshot (unless ``snapshot_after_train`` is false)."""
+        """Step to ``max_iter``, snapshot (unless ``snapshot_after_train`` is false)
+        and test once more when ``max_iter`` is a multiple of ``test_interval``."""
         if resume_file is not None:
             self.restore(resume_file)
         self.step(max(0, self._param.max_iter - self.iter))
         if self._param.snapshot_after_train:
             self.snapshot()
+        if self._param.test_interval and self.iter % self._param.test_interval == 0:
+            self.test_all()
+
+    def test_all(self) -> list[list[float]]:
+        """Run every test net (Caffe's Solver::TestAll); returns each net's mean outputs."""
+        return [self.test(k) for k in range(len(self.test_nets))]
+
+    def test(self, k: int = 0) -> list[float]:
+        """``test_iter[k]`` forward passes of test net ``k`` on its blobs' current
+        data; prints and returns the mean of every output value, as Caffe's
+        ``Test net output #i: name = value`` lines."""
+        net, iters = self.test_nets[k], self._param.test_iter[k]
+        print(f"Iteration {self.iter}, Testing net (#{k})", file=sys.stderr)
+        names: list[str] = []
+        scores: np.ndarray | None = None
+        for _ in range(iters):
+            out = net.forward()
+            flat = np.concatenate([np.asarray(out[n], np.float32).ravel() for n in net.outputs])
+            if scores is None:
+                names = [n for n in net.outputs for _ in range(np.asarray(out[n]).size)]
+                scores = flat.copy()
+            else:
+                scores += flat  # float32 sums, as Caffe's Dtype test_score
+        means = [float(v) / iters for v in (scores if scores is not None else [])]
+        for i, (name, mean) in enumerate(zip(names, means)):
+            weight = net._net.loss_weights.get(name, 0.0)
+            loss = f" (* {weight:g} = {weight * mean:g} loss)" if weight else ""
+            print(f"    Test net output #{i}: {name} = {mean:g}{loss}", file=sys.stderr)
+        return means
 
     def snapshot(self) -> None:
         """``<snapshot_prefix>_iter_N.caffemodel`` and ``.solverstate``, as Caffe names them."""
@@ -377,15 +479,54 @@ class SGDSolver:
         self.net._pull()
 
 
-def _net_path(param: caffe_pb2.SolverParameter, solver_file: PathLike) -> Path:
-    name = param.net or param.train_net
-    if not name:
-        raise _unsupported("solvers without a `net` (or `train_net`) file (net_param, train_net_param)")
+def _test_nets(param: caffe_pb2.SolverParameter, solver_file: PathLike, train: Net) -> list[Net]:
+    """The solver's test nets (Caffe's Solver::InitTestNets for net files), their
+    layers' parameters shared with the train net's layers of the same name."""
+    if len(param.test_net_param):
+        raise _unsupported("test_net_param (give test nets as files: test_net)")
+    files = [_find(name, solver_file) for name in param.test_net]
+    generic = len(param.test_iter) - len(files)
+    if generic < 0 or (generic > 0 and not (param.net or param.train_net)):
+        raise ValueError(f"{solver_file}: {len(param.test_iter)} test_iter value(s) for {len(files)} test net(s)")
+    files += [_net_path(param, solver_file)] * generic
+    if param.test_state and len(param.test_state) != len(files):
+        raise ValueError(f"{solver_file}: {len(param.test_state)} test_state value(s) for {len(files)} test net(s)")
+    nets = []
+    for k, path in enumerate(files):
+        state = param.test_state[k] if param.test_state else None
+        net = Net(path, TEST, level=state.level if state else 0, stages=list(state.stage) if state else ())
+        _share_weights(net, train, path)
+        nets.append(net)
+    return nets
+
+
+def _share_weights(test: Net, train: Net, source: PathLike) -> None:
+    """Caffe's ShareTrainedLayersWith: same-named layers use the train net's blobs."""
+    for name, layer_blobs in test._net.params.items():
+        if name not in train._net.params:
+            continue
+        layer, theirs = test._net.layer(name), train._net.params[name]
+        for attr, mine, other in zip(layer.blob_names, layer_blobs, theirs):
+            if tuple(mine.shape) != tuple(other.shape):
+                raise ValueError(f"{source}: layer '{name}' blob {attr} has shape {tuple(mine.shape)} in the test "
+                                 f"net but {tuple(other.shape)} in the train net")
+            setattr(layer, attr, other)
+    test.params = OrderedDict((name, [ParamBlob(p) for p in blobs]) for name, blobs in test._net.params.items())
+
+
+def _find(name: str, solver_file: PathLike) -> Path:
     for candidate in (Path(name), Path(solver_file).resolve().parent / name):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"{solver_file}: net {name!r} not found (relative to the working directory "
                             f"or the solver's folder)")
+
+
+def _net_path(param: caffe_pb2.SolverParameter, solver_file: PathLike) -> Path:
+    name = param.net or param.train_net
+    if not name:
+        raise _unsupported("solvers without a `net` (or `train_net`) file (net_param, train_net_param)")
+    return _find(name, solver_file)
 
 
 class NesterovSolver(SGDSolver):
