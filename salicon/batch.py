@@ -73,6 +73,9 @@ class RayOptions:
     progress: bool = True
     num_cpus: int | None = None                    # CPUs of a local instance
     variants: str = ""                             # forward variants of the actors' PyTorch nets
+    python_layers: str | None = None               # auto, as-written or native (Salicon's python_layers)
+    #: Module -> LayerFile the actors run: resolved once on the driver (its sys.path), shipped with the job.
+    layer_files: dict | None = None
 
 
 # ---------------------------------------------------------------- stages
@@ -114,7 +117,8 @@ class NetActor:
             torch.set_num_threads(threads)
         self.model = Salicon(options.model_path, options.prototxt, device=options.device,
                              precision=options.precision, runtime=options.runtime, input_scale=options.input_scale,
-                             postprocess=post, variants=options.variants)
+                             postprocess=post, variants=options.variants, python_layers=options.python_layers,
+                             layer_files=options.layer_files)
         self.names = list(self.model.net.input_shapes)
         self.raw_shape = tuple(self.model.net.blob_shapes[self.model.output_blob][-2:])
         self.options, self.out, self.spec = options, out, spec
@@ -276,6 +280,8 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
     """
     from .device import resolve_runtime
     from .engine import Net
+    from .engine.python_layers import resolve_layer_files, resolve_mode
+    from .formats import read_net_prototxt
     from .model import Salicon, auto_precision, load_postprocess
     from .pretrained import default_model_path, prototxt_path
 
@@ -294,15 +300,20 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
         prototxt=str(Path(options.prototxt or prototxt_path()).resolve()),
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels)
     # The driver checks the files once (no forward pass): bad ones are reported before any cluster work.
+    # Its Python layer files are the ones every actor runs, whatever the workers' own paths hold.
+    options = dataclasses.replace(options, python_layers=resolve_mode(options.python_layers), layer_files={
+        **resolve_layer_files(read_net_prototxt(options.prototxt)), **(options.layer_files or {})})
     if options.precision == "auto":  # decided once, here, for every actor
         options = dataclasses.replace(options, precision=auto_precision(
-            options.model_path, options.prototxt, options.device, options.runtime))
+            options.model_path, options.prototxt, options.device, options.runtime,
+            python_layers=options.python_layers, layer_files=options.layer_files))
     runtime = resolve_runtime(options.runtime, options.precision)
     if runtime == "openvino":  # the model's OpenVINO file, compiled once here as the actors will
         net = Salicon(options.model_path, options.prototxt, device="cpu", precision=options.precision,
-                      runtime=runtime).net
+                      runtime=runtime, python_layers=options.python_layers, layer_files=options.layer_files).net
     else:
-        net = Net(options.prototxt, phase="test")
+        net = Net(options.prototxt, phase="test", python_layers=options.python_layers,
+                  layer_files=options.layer_files)
         net.copy_from(options.model_path, strict=True)
     post = load_postprocess(options.model_path, options.postprocess)
     pre = _preprocess_spec(net, options)

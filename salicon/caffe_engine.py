@@ -62,6 +62,20 @@ def set_params(caffe_net, params) -> None:
                 blob.data[...] = array.reshape(blob.data.shape)
 
 
+def check_layer_files(prototxt: PathLike, files: Mapping[str, LayerFile]) -> None:
+    """Raise EngineError unless Caffe's own ``import`` of each Python layer module
+    gives the file the project resolved (so both engines run the same code)."""
+    import_caffe()
+    for module, file in files.items():
+        try:
+            imported = str(find_layer_file(module))
+        except ImportError as exc:
+            raise EngineError(f"{prototxt}: Caffe cannot import Python layer module '{module}': {exc}") from None
+        if imported != file.path:
+            raise EngineError(f"{prototxt}: Caffe would import Python layer module '{module}' from {imported}, "
+                              f"not {file.path}; put that file's folder first on sys.path (or PYTHONPATH)")
+
+
 class CaffeNet:
     """A pycaffe ``caffe.Net`` behind the surface Salicon uses.
 
@@ -74,12 +88,7 @@ class CaffeNet:
         # Validate with the project's reader: clear errors instead of an abort. Its Python layers
         # run as written here, so a bad layer file is reported before Caffe imports it.
         check = Net(prototxt, phase=phase, python_layers="as-written", layer_files=layer_files)
-        for module, file in check.layer_files.items():
-            imported = str(find_layer_file(module))
-            if imported != file.path:
-                raise EngineError(f"{prototxt}: Caffe would import Python layer module '{module}' from "
-                                  f"{imported}, not {file.path}; put that file's folder first on sys.path "
-                                  f"(or PYTHONPATH)")
+        check_layer_files(prototxt, check.layer_files)
         if weights is not None:
             check.copy_from(weights, strict=True)
         self.input_shapes = dict(check.input_shapes)

@@ -13,6 +13,7 @@ spline resize as inference.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import time
@@ -30,7 +31,7 @@ from .errors import SaliconError
 from .fixations import OSIE_SIGMA
 from .outputs import atomic_write
 from .preprocess import PUBLISHED_INPUT_SCALE, image_to_blob, resize_chw
-from .pretrained import prototxt_path
+from .pretrained import file_sha256, prototxt_path
 from .solver import MultiTensorSolver, Solver, learning_rate, read_solver, solver_net_path
 
 TARGET_BLOB = "ground_truth"
@@ -66,6 +67,7 @@ class TrainConfig:
     maps: str | None = None              # fixation-map folder, when `data` is an image folder
     engine: str = "auto"                 # "pytorch" (auto) or "caffe" (pycaffe's own solver, CPU)
     update: str = "per-blob"             # "multi-tensor": list operations, losses read every `display` steps
+    python_layers: str | None = None     # auto, as-written or native (default: $SALICON_PYTHON_LAYERS, else auto)
 
 
 @dataclass
@@ -129,7 +131,11 @@ class Trainer:
             raise TrainingError(f"engine must be auto, pytorch or caffe, not {config.engine!r}")
         self.engine = "pytorch" if config.engine == "auto" else config.engine
         self.device = resolve_device("cpu" if self.engine == "caffe" else config.device)
-        self.net = Net(net_path, phase="train", device=self.device, seed=config.seed)
+        self.net = Net(net_path, phase="train", device=self.device, seed=config.seed,
+                       python_layers=config.python_layers)
+        #: Layer name -> which file and implementation each Python layer runs (logged, and recorded
+        #: beside every snapshot).
+        self.python_layers = dict(self.net.python_layers)
         self.inputs = {n: s for n, s in self.net.input_shapes.items() if n != TARGET_BLOB}
         if TARGET_BLOB not in self.net.input_shapes:
             raise TrainingError(f"{net_path}: the train net needs an input blob '{TARGET_BLOB}'")
@@ -149,7 +155,10 @@ class Trainer:
         loss_layers = [lp for lp in self.net.layer_params.values() if set(lp.top) & set(self.loss_tops)]
         self.map_blob = loss_layers[0].bottom[0] if loss_layers else None
         if self.engine == "caffe":
-            from .caffe_engine import CaffeSolverBackend
+            from .caffe_engine import CaffeSolverBackend, check_layer_files
+            check_layer_files(net_path, self.net.layer_files)
+            self.python_layers = {name: dataclasses.replace(info, implementation="caffe")
+                                  for name, info in self.python_layers.items()}
             self.backend = CaffeSolverBackend(self.solver_param, net_path, self.prefix, self.out, self.loss_tops,
                                               None if config.resume else config.weights)
             del self.net
@@ -234,11 +243,16 @@ class Trainer:
                    else (self.solver_param.max_iter or None),
                    display=max(1, self.solver_param.display or 20))
         run.deadline = run.start + self.config.time_limit
+        for info in self.python_layers.values():
+            self.say(f"Python layer {info.describe()}")
         if progress:
             from tqdm import tqdm
             run.bar = tqdm(total=run.max_iter, initial=self.backend.iter, unit="step", dynamic_ncols=True)
         with open(run.log_path, "a") as log, _Interrupt(self.say if run.bar is None else run.bar.write) as stop:
             run.log = log
+            run.record({"event": "start", "iter": self.backend.iter, "net": str(self.net_path),
+                        "engine": self.engine, "device": str(self.device),
+                        "python_layers": {n: i.to_dict() for n, i in self.python_layers.items()}})
             while (reason := self._stop_reason(run, stop)) is None:
                 reason = self._step(run)
                 if reason is not None:
@@ -299,8 +313,20 @@ class Trainer:
                                 left=_hms(run.deadline - time.perf_counter()), refresh=False)
             run.bar.update(1)
         if snapshot_due:
-            run.last_snapshot = self.backend.snapshot(self.prefix)
+            run.last_snapshot = self._snapshot()
         return None
+
+    def _snapshot(self) -> tuple[Path, Path]:
+        """A snapshot (weights and solver state) and its record ``<stem>.json``: what
+        the weights are and how they were trained (the net, the Python layer files run)."""
+        model, state = self.backend.snapshot(self.prefix)
+        record = {"name": model.stem, "weights": {"file": model.name, "sha256": file_sha256(model)},
+                  "training": {"iter": self.backend.iter, "net": str(self.net_path), "solver": str(self.config.solver),
+                               "engine": self.engine, "solverstate": state.name,
+                               "python_layers": {n: i.to_dict() for n, i in self.python_layers.items()}}}
+        text = json.dumps(record, indent=1)
+        atomic_write(model.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+        return model, state
 
     def _finish(self, run: "_Run", stop_reason: str) -> TrainResult:
         """The final snapshot (the last good one after a non-finite loss), validation,
@@ -311,7 +337,7 @@ class Trainer:
                 raise TrainingError(f"{stop_reason} at iteration {self.backend.iter}, before any snapshot")
             model, state = run.last_snapshot
         else:
-            model, state = self.backend.snapshot(self.prefix)
+            model, state = self._snapshot()
         # An interrupted run ends quickly: its user wants control back, not a validation pass.
         val = self.validate(self.test_set) if not failed and stop_reason != "interrupted" else {"val_loss": None}
         seconds = time.perf_counter() - run.start

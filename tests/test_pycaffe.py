@@ -15,7 +15,7 @@ from PIL import Image
 import salicon.pycaffe as caffe
 from salicon.engine import Net as EngineNet
 
-from .conftest import ROOT
+from .conftest import ROOT, randomise
 from .test_caffe_engine import needs_caffe
 
 SCRIPTS = ROOT / "tests" / "pycaffe_scripts"
@@ -122,8 +122,14 @@ def test_params_are_writable_views_and_listed_with_frozen_layers(tiny_train_prot
     assert net.params["saliency_map"][1].data.shape == tuple(net._net.params["saliency_map"][1].shape)
 
 
-def test_backward_gives_autograd_diffs(tiny_train_prototxt):
-    net = caffe.Net(str(tiny_train_prototxt), caffe.TRAIN)
+def _with_force_backward(prototxt, folder):
+    path = folder / f"forced_{prototxt.name}"
+    path.write_text("force_backward: true\n" + prototxt.read_text())
+    return path
+
+
+def test_backward_gives_autograd_diffs(tiny_train_prototxt, tmp_path):
+    net = caffe.Net(str(_with_force_backward(tiny_train_prototxt, tmp_path)), caffe.TRAIN)
     rng = np.random.default_rng(2)
     feeds = {n: rng.uniform(0, 1, net.blobs[n].data.shape).astype(np.float32) for n in net._feeds}
     net.forward(**feeds)
@@ -136,6 +142,129 @@ def test_backward_gives_autograd_diffs(tiny_train_prototxt):
                                atol=1e-8)
     np.testing.assert_allclose(net.params["conv5_3"][0].diff, reference.params["conv5_3"][0].grad.numpy(),
                                rtol=1e-4, atol=1e-9)
+
+
+def _feed(net, seed: int = 2) -> None:
+    rng = np.random.default_rng(seed)
+    for name in ("fine_scale", "coarse_scale", "ground_truth"):
+        blob = net.blobs[name]
+        blob.data[...] = rng.uniform(0 if name == "ground_truth" else -0.5, 1 if name == "ground_truth" else 0.5,
+                                     blob.data.shape)
+
+
+@needs_caffe
+@pytest.mark.parametrize("forced", [False, True])
+def test_backward_with_start_and_end_as_in_caffe(tiny_train_prototxt, tmp_path, forced):
+    """Partial and whole backward passes, diffs given for the outputs, frozen
+    layers and (without force_backward) the data blobs left alone: as real Caffe."""
+    from salicon.caffe_engine import import_caffe
+
+    real = import_caffe()
+    weights = tmp_path / "he.caffemodel"  # O(1) activations: diffs far above float32 rounding everywhere
+    randomise(EngineNet(tiny_train_prototxt, phase="train"), seed=1).save(weights)
+    proto = _with_force_backward(tiny_train_prototxt, tmp_path) if forced else tiny_train_prototxt
+    nets = [real.Net(str(proto), str(weights), real.TRAIN), caffe.Net(str(proto), str(weights), caffe.TRAIN)]
+    calls = [dict(), dict(start="saliency_map", end="concat"), dict(start="pool5", end="conv4_1"),
+             dict(start="loss", end="saliency_map")]
+    blobs = ["fine_scale", "pool5", "conv5_3", "interpolated_data", "sec_pool5", "conv2_2", "saliency_map"]
+    results = []
+    for net in nets:
+        _feed(net)
+        net.forward()
+        got = []
+        for kwargs in calls:
+            out = net.backward(**kwargs)
+            got.append(({k: v.copy() for k, v in out.items()},
+                        {b: net.blobs[b].diff.copy() for b in blobs},
+                        {n: [p.diff.copy() for p in net.params[n]] for n in ("conv1_1", "conv4_1", "saliency_map")}))
+        results.append(got)
+    for (theirs, ours), kwargs in zip(zip(*results), calls):
+        assert theirs[0].keys() == ours[0].keys(), kwargs
+        pairs = [(name, ours[g][name], theirs[g][name]) for g in (0, 1) for name in theirs[g]]
+        pairs += [(f"{name}[{i}]", a, b) for name in theirs[2] for i, (a, b) in enumerate(zip(ours[2][name],
+                                                                                            theirs[2][name]))]
+        for name, a, b in pairs:
+            scale = max(float(np.abs(b).max()), 1e-30)
+            assert np.abs(a - b).max() <= 2e-4 * scale, (kwargs, name, np.abs(a - b).max() / scale)
+    # lr_mult 0: no diff, and none for the data blobs, unless force_backward asks for every diff
+    assert np.any(results[0][0][2]["conv1_1"][0]) == forced
+    assert np.any(results[0][0][1]["fine_scale"]) == forced
+
+
+@needs_caffe
+def test_backward_from_given_top_diffs_as_in_caffe(small_prototxt, small_model, tmp_path):
+    from salicon.caffe_engine import import_caffe
+
+    real = import_caffe()
+    proto = _with_force_backward(small_prototxt, tmp_path)
+    rng = np.random.default_rng(8)
+    diff = rng.standard_normal((1, 1, 4, 5)).astype(np.float32)
+    results = []
+    for module in (real, caffe):
+        net = module.Net(str(proto), str(small_model), module.TEST)
+        for name in ("fine_scale", "coarse_scale"):
+            net.blobs[name].data[...] = np.random.default_rng(9).uniform(-0.5, 0.5, net.blobs[name].data.shape)
+        net.forward()
+        out = net.backward(diffs=["pool5"], saliency_map_out=diff)
+        results.append((out["pool5"].copy(), net.blobs["coarse_scale"].diff.copy(),
+                        net.params["conv5_3"][0].diff.copy()))
+    for theirs, ours in zip(*results):
+        assert np.abs(theirs).max() > 0
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    with pytest.raises(ValueError, match="give all of them or none"):
+        net.backward(pool5=np.zeros((1, 512, 4, 5), np.float32))
+
+
+@needs_caffe
+def test_solver_leaves_the_update_in_diff_and_runs_test_nets_as_caffe(tiny_solver, tiny_train_prototxt, tmp_path,
+                                                                    capsys):
+    from salicon.caffe_engine import import_caffe
+
+    real = import_caffe()
+    _, weights = tiny_solver
+    solver_file = tmp_path / "solver.prototxt"
+    solver_file.write_text(f'net: "{tiny_train_prototxt}"\nbase_lr: 0.01\nlr_policy: "fixed"\nmomentum: 0.9\n'
+                           f'weight_decay: 0.0005\ndisplay: 0\ntest_iter: 2\ntest_interval: 2\n'
+                           f'test_initialization: true\nsnapshot_prefix: "{tmp_path}/snap"\nsolver_mode: CPU\n')
+    solvers = [real.SGDSolver(str(solver_file)), caffe.SGDSolver(str(solver_file))]
+    diffs, tests = [], []
+    for solver in solvers:
+        solver.net.copy_from(str(weights))
+        assert len(solver.test_nets) == 1
+        _feed(solver.net, 3)
+        _feed(solver.test_nets[0], 4)
+        got = []
+        for _ in range(3):
+            before = solver.net.params["saliency_map"][0].data.copy()
+            solver.step(1)
+            after = solver.net.params["saliency_map"][0].data
+            got.append((solver.net.params["saliency_map"][0].diff.copy(), before - after,
+                        solver.net.params["conv1_1"][0].diff.copy()))
+        diffs.append(got)
+        tests.append(float(solver.test_nets[0].forward()["loss"]))  # the shared weights, after 3 steps
+    for (c_diff, c_delta, c_frozen), (o_diff, o_delta, o_frozen) in zip(*diffs):
+        scale = float(np.abs(c_diff).max())
+        assert scale > 0 and np.abs(o_diff - c_diff).max() <= 1e-4 * scale
+        np.testing.assert_allclose(o_diff, o_delta, rtol=1e-3, atol=1e-3 * scale)  # the diff is the update
+        assert not np.any(c_frozen) and not np.any(o_frozen)
+    np.testing.assert_allclose(tests[1], tests[0], rtol=1e-5)
+    err = capsys.readouterr().err
+    assert err.count("Testing net (#0)") == 2  # at iter 0 (test_initialization) and 2
+    lines = [line for line in err.splitlines() if "Test net output #0" in line]
+    value = float(lines[-1].split("loss = ")[1].split()[0])
+    assert len(lines) == 2 and lines[-1].startswith("    Test net output #0: loss = ")
+    assert lines[-1].endswith(f"(* 1 = {value:g} loss)")
+    # the test at iter 2 ran on the weights after 2 steps: recompute it with Caffe
+    check = real.Net(str(tiny_train_prototxt), real.TEST)
+    _feed(check, 4)
+    twice = real.SGDSolver(str(solver_file))
+    twice.net.copy_from(str(weights))
+    _feed(twice.net, 3)
+    twice.step(2)
+    for name in twice.net.params:
+        for i, blob in enumerate(twice.net.params[name]):
+            check.params[name][i].data[...] = blob.data
+    np.testing.assert_allclose(value, float(check.forward()["loss"]), rtol=1e-4)
 
 
 def test_solver_steps_snapshots_and_types(tiny_solver, tmp_path, monkeypatch):

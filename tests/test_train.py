@@ -290,3 +290,26 @@ def test_multi_tensor_update_stops_at_the_first_non_finite_loss(setup):
 def test_unknown_update_is_refused(setup):
     with pytest.raises(TrainingError, match="update must be one of per-blob, multi-tensor"):
         Trainer(setup("bad_update", update="fused"), log=lambda m: None)
+
+
+def test_log_header_and_snapshot_records_say_which_python_layer_files_ran(setup):
+    result = train(setup("layers", max_iter=2, snapshot=1, python_layers="as-written"), progress=False,
+                   log=lambda m: None)
+    out = result.final_model.parent
+    header = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert header["event"] == "start" and header["iter"] == 0
+    interp = header["python_layers"]["custom_interpolation_layer"]
+    assert interp["implementation"] == "as-written" and interp["file"].endswith("custom_interpolation_layer.py")
+    assert set(header["python_layers"]) == {"FineCustomData", "CoarseCustomData", "GroundTruthCustomData",
+                                            "custom_interpolation_layer"}
+    for it in (1, 2):
+        record = json.loads((out / f"salicon_iter_{it}.json").read_text())
+        assert record["weights"]["file"] == f"salicon_iter_{it}.caffemodel"
+        assert record["training"]["iter"] == it
+        assert record["training"]["python_layers"] == header["python_layers"]
+    # a snapshot's record checks its weights file when the model is loaded
+    from salicon import pretrained
+    assert pretrained.read_record(out / "salicon_iter_2.caffemodel").sha256 == record["weights"]["sha256"]
+    native = train(setup("native", max_iter=1), progress=False, log=lambda m: None)
+    header = json.loads((native.final_model.parent / "log.jsonl").read_text().splitlines()[0])
+    assert header["python_layers"]["custom_interpolation_layer"]["implementation"] == "native:BilinearInterpolation"

@@ -202,6 +202,12 @@ def add_engine(p: argparse.ArgumentParser, engine_help: str, inference: bool = T
     p.add_argument("--input-scale", type=input_scale,
                    help="factor after mean subtraction: 'published' (1/255, for the published weights), "
                         "'vgg' (1) or a number (default: the model file's own convention, else 'published')")
+    p.add_argument("--python-layers", choices=["auto", "as-written", "native"], default=None,
+                   help="how the prototxt's Python layers run: auto (a native layer where the module's file is "
+                        "one it reproduces: this project's layers/ and OpenSALICON's files; any other file as "
+                        "written, on the host), as-written (every file as written), native (the native layer of "
+                        "that name even for an edited file); default: $SALICON_PYTHON_LAYERS, else auto. "
+                        "Modules are found as Caffe imports them: sys.path/PYTHONPATH, then layers/")
 
 
 POSTPROCESS_HELP = ("'default' (the model's recorded post-processing: the shipped model's centre prior), "
@@ -259,7 +265,7 @@ def salicon_options(args: argparse.Namespace, **overrides) -> dict:
         raise UsageError(str(exc)) from None
     options = {"model": args.model, "prototxt": prototxt_arg(args), "device": args.device, "engine": args.engine,
                "precision": args.precision, "runtime": args.runtime, "input_scale": args.input_scale}
-    for name in ("resize", "max_pixels", "postprocess", "variants"):
+    for name in ("resize", "max_pixels", "postprocess", "variants", "python_layers"):
         if hasattr(args, name):
             options[name] = getattr(args, name)
     options.update(overrides)

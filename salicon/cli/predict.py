@@ -67,6 +67,9 @@ def add_parser(sub) -> None:
                    help="zero map values below T (0..1) for crisper maps")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
     add_quiet(p, "no progress bar or summary")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say how the net runs first: runtime, precision, device and, for each Python layer, "
+                        "the file and its implementation (native or as written)")
     _add_ray_options(p)
     p.set_defaults(func=cmd_predict)
 
@@ -157,6 +160,9 @@ def _predict_here(args: argparse.Namespace, items: list[Item], spec: OutputSpec,
         remove_empty_folders(created)
         error(f"--decode gpu: {problem}")
         return 2
+    if args.verbose:
+        for line in describe_model(model):
+            print(f"salicon: {line}", file=sys.stderr)
     counts = WriteCounts(spec.kinds(), failed=not_found)
     _run(model, items, args, spec, counts)
     if not any(counts.written.values()):
@@ -164,6 +170,15 @@ def _predict_here(args: argparse.Namespace, items: list[Item], spec: OutputSpec,
     if not args.quiet:
         print(counts.summary(args.out), file=sys.stderr)
     return 1 if counts.failed else 0
+
+
+def describe_model(model) -> list[str]:
+    """What runs: the net's files, runtime, precision, device and each Python layer."""
+    lines = [f"model {model.model_path}, net {model.prototxt_path}",
+             f"runtime {model.runtime}, precision {model.precision}, device {model.device}"]
+    for name, info in model.python_layers.items():
+        lines.append(f"Python layer '{name}': {info.describe()}")
+    return lines
 
 
 def _run(model, items: list[Item], args: argparse.Namespace, spec: OutputSpec, counts: WriteCounts) -> None:
@@ -236,7 +251,7 @@ def _predict_on_ray(args: argparse.Namespace, items: list[Item], spec: OutputSpe
                          actors=args.actors, batch_size=args.batch_size, device=args.device,
                          precision=args.precision, runtime=args.runtime, input_scale=args.input_scale,
                          resize=args.resize, postprocess=args.postprocess, max_pixels=args.max_pixels,
-                         progress=not args.quiet, variants=args.variants)
+                         progress=not args.quiet, variants=args.variants, python_layers=args.python_layers)
     try:
         report = predict_on_ray(items, args.out, options, spec=spec)
     except (SaliconError, ValueError) as exc:

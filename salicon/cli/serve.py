@@ -173,5 +173,7 @@ def _checked_salicon_options(args: argparse.Namespace) -> dict:
     options["model"] = str(Path(options["model"] or default_model_path()).resolve())
     options["prototxt"] = str(Path(options["prototxt"] or prototxt_path()).resolve())
     checked = Salicon(**{**options, "device": "cpu", "precision": "fp32", "runtime": "pytorch", "variants": ""})
+    # The replicas run the Python layer files resolved here (on this machine's sys.path), shipped with them.
+    options["python_layers"], options["layer_files"] = checked.python_layers_mode, checked.layer_files
     del checked
     return options

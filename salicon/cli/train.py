@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_iter=args.max_iter, device=args.device, precision=args.precision, seed=args.seed,
         test=args.test, input_scale=args.input_scale or INPUT_SCALES["published"],
         sigma=args.sigma, workers=args.workers, snapshot=args.snapshot, split=args.split, maps=args.maps,
-        engine=args.engine, update=args.update)
+        engine=args.engine, update=args.update, python_layers=args.python_layers)
     try:
         result = train(config, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     except (SaliconError, DataError, TrainingError, ValueError, OSError) as exc:

@@ -74,8 +74,12 @@ class PythonLayerInfo:
         return self.implementation.startswith("native")
 
     def describe(self) -> str:
-        how = (f"native {self.implementation.split(':', 1)[1]}" if self.native
-               else "as written, on the host (slower)")
+        if self.native:
+            how = f"native {self.implementation.split(':', 1)[1]}"
+        elif self.implementation == "caffe":
+            how = "as written, run by Caffe"
+        else:
+            how = "as written, on the host (slower)"
         return f"{self.module}.{self.layer} from {self.file}: {how}"
 
     def to_dict(self) -> dict[str, str]:

@@ -183,9 +183,9 @@ class Net:
         for name, weight in self._net.loss_weights.items():
             self.blobs[name].diff[...] = weight
         # ... and a blob needs backward when a layer below it has learnable blobs (lr_mult != 0)
-        # or needs backward itself (every blob with force_backward).
-        self._learnable = {id(i.param) for i in self._net.param_info() if i.lr_mult != 0}
+        # or needs backward itself. force_backward: every blob, and every parameter's diff.
         force = self._net.net_param.force_backward
+        self._learnable = {id(i.param) for i in self._net.param_info() if i.lr_mult != 0 or force}
         self._need_backward: set[str] = set(self._feeds) if force else set()
         for (layer, bottoms, tops) in self._net._steps:
             if force or any(b in self._need_backward for b in bottoms) or any(
@@ -338,7 +338,7 @@ class Net:
         params = [p for blobs in self._net.params.values() for p in blobs]
         flags = [p.requires_grad for p in params]  # a solver's net keeps its frozen layers frozen
         with torch.enable_grad():
-            for p in params:  # Caffe computes no diff for a blob with lr_mult 0
+            for p in params:  # Caffe computes no diff for a blob with lr_mult 0 (without force_backward)
                 p.requires_grad_(id(p) in self._learnable)
             try:
                 values, first = self._run(span, grad=True)
