@@ -25,8 +25,8 @@ from ..proto import caffe_pb2
 from ..types import PathLike
 from .layers import LAYER_TYPES, Layer, Shape
 from .pylayer import PythonLayer
-from .python_layers import (PROJECT_LAYERS_DIR, LayerFile, PythonLayerInfo, announce, layer_file_for, native_for,
-                            resolve_mode)
+from .python_layers import PROJECT_LAYERS_DIR  # noqa: F401 (re-exported)
+from .python_layers import LayerFile, PythonLayerInfo, announce, layer_file_for, native_for, resolve_mode
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
