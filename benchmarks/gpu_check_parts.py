@@ -290,7 +290,7 @@ def part_train(ctx: Context) -> None:
         for y, x in rng.integers(0, min(ctx.image_size()), (6, 2)):
             fixmap[max(0, y - 8):y + 8, max(0, x - 8):x + 8] = 255
         Image.fromarray(fixmap.astype(np.uint8)).save(data / "maps" / f"{i:05d}.png")
-    steps, warmup = (10, 2) if ctx.small else (200, 10)
+    steps, warmup = (6, 1) if ctx.small else (200, 10)
     precision = "bf16" if ctx.cuda else "fp32"
     ctx.result.update(rows=[], steps=steps, warmup=warmup, precision=precision, images=count)
     weights = {}

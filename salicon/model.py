@@ -190,6 +190,9 @@ class Salicon:
             raise ValueError(f"forward variants ({', '.join(options.names())}) are for the PyTorch runtime, "
                              f"not {self.runtime} (precision {self.precision}); choose runtime 'pytorch' with "
                              f"precision fp32, tf32 or bf16")
+        if options and options.cuda_graphs and host:
+            raise ValueError(f"forward variant cuda-graphs cannot capture a Python layer run on the host "
+                             f"({host[0].describe()})")
         #: The net's forward with the chosen variants, or None for the plain path.
         self.fast = FastForward(self.net, self.output_blob, options, precision) if options else None
 

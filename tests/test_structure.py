@@ -27,6 +27,7 @@ LAYERS = {
     "salicon.formats": 4,
     # 5: the engine, shipped files, data sets
     "salicon.engine.fillers": 5, "salicon.engine.layers": 5, "salicon.engine.pylayer": 5,
+    "salicon.engine.python_layers": 5,
     "salicon.engine.net": 5, "salicon.engine.fast": 5, "salicon.engine": 5, "salicon.pretrained": 5, "salicon.data": 5,
     # 6: what runs on the engine
     "salicon.solver": 6, "salicon.caffe_engine": 6, "salicon.evaluate": 6, "salicon.weights": 6,
@@ -35,7 +36,7 @@ LAYERS = {
     "salicon.model": 7,
     # 8: applications of the model
     "salicon.train": 8, "salicon.batch": 8, "salicon.serve": 8, "salicon.pysaliency": 8,
-    "salicon.pycaffe": 8, "salicon.pycaffe.__main__": 8,
+    "salicon.pycaffe": 8, "salicon.pycaffe.__main__": 8, "salicon.pycaffe.net": 8, "salicon.pycaffe.solvers": 8,
     # 9: the web application, in one process or on Ray Serve
     "salicon.webapp": 9, "salicon.serve_ray": 9,
     # 10: the command line

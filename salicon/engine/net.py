@@ -112,12 +112,9 @@ class Net(nn.Module):
                  seed: int | None = None, search_path: Iterable[PathLike] = (), python_layers: str | None = None,
                  layer_files: Mapping[str, LayerFile] | None = None):
         super().__init__()
-        if isinstance(prototxt, caffe_pb2.NetParameter):
-            self.source = "<NetParameter>"
-            net_param = formats.upgrade_net(prototxt)
-        else:
-            self.source = str(prototxt)
-            net_param = formats.read_net_prototxt(prototxt)
+        from_file = not isinstance(prototxt, caffe_pb2.NetParameter)
+        self.source = str(prototxt) if from_file else "<NetParameter>"
+        net_param = formats.read_net_prototxt(prototxt) if from_file else formats.upgrade_net(prototxt)
         search = [Path(p) for p in search_path]
         self.python_layers_mode = resolve_mode(python_layers)
         self._layer_files = dict(layer_files or {})
