@@ -68,7 +68,7 @@ def check_layer_files(prototxt: PathLike, files: Mapping[str, LayerFile]) -> Non
     import_caffe()
     for module, file in files.items():
         try:
-            imported = str(find_layer_file(module))
+            imported = str(find_layer_file(module).resolve())
         except ImportError as exc:
             raise EngineError(f"{prototxt}: Caffe cannot import Python layer module '{module}': {exc}") from None
         if imported != file.path:
