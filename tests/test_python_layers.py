@@ -489,3 +489,19 @@ def test_serve_on_ray_ships_the_layer_files_the_driver_resolved(layer_dir, small
     replica = Salicon(**options)
     assert replica.python_layers["FineCustomData"].file == shipped.path
     assert replica.python_layers["FineCustomData"].implementation == "as-written"
+
+
+def test_a_data_layer_run_as_written_transforms_the_fed_blob_not_the_callers_array(layer_dir, small_prototxt,
+                                                                                   small_model, rng):
+    (layer_dir / "CustomData.py").write_text(HALVING_DATA)
+    net = Net(small_prototxt, small_model)
+    assert net.python_layers["FineCustomData"].implementation == "as-written"
+    feeds = {n: torch.from_numpy(rng.uniform(-0.5, 0.5, s).astype(np.float32)) for n, s in net.input_shapes.items()}
+    kept = {n: t.clone() for n, t in feeds.items()}
+    with torch.no_grad():
+        out = net(**feeds)["saliency_map_out"]
+        halved = Net(small_prototxt, small_model, python_layers="native")(
+            **{n: t * 0.5 for n, t in kept.items()})["saliency_map_out"]
+    torch.testing.assert_close(out, halved, rtol=1e-5, atol=1e-6)
+    for name, tensor in feeds.items():
+        assert torch.equal(tensor, kept[name]), name

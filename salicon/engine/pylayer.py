@@ -131,7 +131,8 @@ class _PythonLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, owner: "PythonLayer", *inputs: torch.Tensor):
-        host = [Blob(data=b.detach().float().cpu().numpy()) for b in inputs]
+        # Copies: the layer may write its blobs in place, and the tensors are the caller's.
+        host = [Blob(data=b.detach().float().cpu().numpy().copy()) for b in inputs]
         bottom_blobs, top_blobs = ([], host) if owner.is_input else (host, [Blob(s) for s in owner.top_shapes])
         try:
             owner.impl.reshape(bottom_blobs, top_blobs)
