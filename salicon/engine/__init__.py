@@ -2,5 +2,6 @@
 from .layers import LAYER_TYPES, Layer
 from .net import Net, ParamInfo, count_flops
 from .pylayer import Blob
+from .python_layers import LayerFile, PythonLayerInfo
 
-__all__ = ["Net", "ParamInfo", "Layer", "LAYER_TYPES", "Blob", "count_flops"]
+__all__ = ["Net", "ParamInfo", "Layer", "LAYER_TYPES", "Blob", "count_flops", "LayerFile", "PythonLayerInfo"]
