@@ -15,14 +15,15 @@ from __future__ import annotations
 dependencies = ["torch", "numpy", "scipy", "skimage", "PIL", "google.protobuf"]
 
 
-def salicon_osie(**kwargs):
+def salicon_osie(weights: str | None = None, **kwargs):
     """The ready predictor: :class:`salicon.Salicon` with the shipped pretrained
-    model (its default post-processing). Keyword arguments go to ``Salicon``:
-    ``device``, ``precision``, ``postprocess``, ``prototxt``, ``model`` (another
-    weights file), ..."""
+    model (its default post-processing). ``weights`` is another weights file
+    (``torch.hub.load(repo, "salicon_osie", source="local", weights="x.caffemodel")``;
+    ``model=`` is torch.hub.load's own parameter). Other keyword arguments go
+    to ``Salicon``: ``device``, ``precision``, ``postprocess``, ``prototxt``, ..."""
     from salicon import Salicon
 
-    return Salicon(**kwargs)
+    return Salicon(weights, **kwargs)
 
 
 def salicon_net(pretrained: bool = True, prototxt: str | None = None, device: str = "cpu"):
@@ -32,10 +33,11 @@ def salicon_net(pretrained: bool = True, prototxt: str | None = None, device: st
     (``fine_scale``: N x 3 x 1200 x 1600, ``coarse_scale``: N x 3 x 600 x 800, BGR, mean
     subtracted, scaled by 1/255), it returns a dict of output blobs, the
     saliency map under ``"saliency_map_out"``."""
+    from salicon.device import resolve_device
     from salicon.engine import Net
     from salicon.pretrained import default_model_path, prototxt_path
 
-    net = Net(prototxt if prototxt is not None else prototxt_path(), phase="test", device=device)
+    net = Net(prototxt if prototxt is not None else prototxt_path(), phase="test", device=resolve_device(device))
     if pretrained:
         net.copy_from(default_model_path(), strict=True)
     return net.eval()

@@ -51,11 +51,14 @@ def resolve_runtime(runtime: str = "auto", precision: str = "fp32", engine: str 
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     known = sorted({p for ps in RUNTIME_PRECISIONS.values() for p in ps})
     if precision not in known:
-        raise ValueError(f"precision must be one of {tuple(known)}, not {precision!r}")
+        raise ValueError(f"precision must be 'auto' or one of {', '.join(known)}, not {precision!r}")
     if engine == "caffe":
-        if runtime == "openvino" or precision not in ("fp32",):
-            raise ValueError(f"engine 'caffe' runs pycaffe in fp32; precision {precision!r} and runtime "
-                             f"'openvino' are for the PyTorch engine's net")
+        if runtime == "openvino":
+            raise ValueError("engine 'caffe' runs the net on pycaffe; runtime 'openvino' is for the PyTorch "
+                             "engine's net (choose one of them)")
+        if precision != "fp32":
+            raise ValueError(f"engine 'caffe' runs pycaffe in fp32; precision {precision!r} is for the "
+                             f"PyTorch engine's net")
         return "caffe"
     if runtime == "auto":
         runtime = "openvino" if precision == "int8" else "pytorch"

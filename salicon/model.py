@@ -272,8 +272,8 @@ class Salicon:
             if digest and part.is_file() and pretrained.file_sha256(part) != digest:
                 raise SaliconError(f"{part}: its SHA-256 does not match the one recorded in "
                                    f"{pretrained.record_path(self.model_path)}; the int8 model file is "
-                                   f"truncated, damaged or was replaced (reinstall the package, or make it again "
-                                   f"with scripts/quantize_int8.py)")
+                                   f"truncated, damaged or was replaced; run with precision 'fp32' (--precision "
+                                   f"fp32: the exact net, no int8 file needed) or reinstall the package")
         return path
 
     def _find_output(self) -> str:

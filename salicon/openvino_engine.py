@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -73,6 +74,8 @@ def convert_net(prototxt: PathLike, weights: PathLike):
             pass
     from .export import export_onnx
 
+    print(f"salicon: converting {Path(weights).name} for OpenVINO (once; cached in {cached.parent})",
+          file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="salicon-openvino-") as tmp:
         onnx_path = export_onnx(Path(tmp) / "net.onnx", weights, prototxt)
         model = core.read_model(str(onnx_path))
@@ -89,8 +92,9 @@ def _store(ov, model, path: Path) -> None:
             ov.save_model(model, str(staged), compress_to_fp16=False)
             os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
             os.replace(staged, path)
-    except OSError:  # no cache where it cannot be written: the next run converts again
-        pass
+    except OSError as exc:  # no cache where it cannot be written: say so, since the next run converts again
+        print(f"salicon: warning: cannot keep the converted model in {path.parent} ({exc.strerror or exc}); "
+              f"every run converts it again; set SALICON_CACHE to a writable folder", file=sys.stderr)
 
 
 def read_ir(path: PathLike):

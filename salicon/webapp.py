@@ -15,6 +15,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 import numpy as np
 
@@ -209,7 +210,7 @@ def _add_api_routes(app, service: SaliencyService) -> None:
         body, media, filename = await run_in_threadpool(_encode, format, rgb, sal, overlay, alpha, name)
         disposition = "attachment" if format == "npy" else "inline"
         return Response(body, media_type=media,
-                        headers={**headers, "Content-Disposition": f'{disposition}; filename="{filename}"'})
+                        headers={**headers, "Content-Disposition": content_disposition(disposition, filename)})
 
     @app.get("/api/results/{key}/{what}", summary="a kept result: map.png, map.npy or overlay.png")
     async def result(key: str, what: str,
@@ -217,7 +218,19 @@ def _add_api_routes(app, service: SaliencyService) -> None:
         kept = await run_in_threadpool(service.cache.get, key)  # the cache may be remote (Ray Serve)
         body, media, filename = await run_in_threadpool(_render_kept, service, kept, what, alpha, threshold)
         return Response(body, media_type=media,
-                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+                        headers={"Content-Disposition": content_disposition("attachment", filename)})
+
+
+def content_disposition(kind: str, filename: str) -> str:
+    """A ``Content-Disposition`` header value for any file name (RFC 6266):
+    an ASCII ``filename`` fallback (other characters, quotes and backslashes
+    as ``_``) and the exact name as ``filename*=UTF-8''...`` (RFC 5987), since
+    HTTP headers are Latin-1 and a user's file name may be Chinese or an emoji."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename) or "download"
+    header = f'{kind}; filename="{fallback}"'
+    if fallback != filename:
+        header += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return header
 
 
 def _encode(format: str, rgb: np.ndarray, sal: np.ndarray, overlay: bool, alpha: float,
@@ -275,4 +288,4 @@ def run_server(service: SaliencyService, host: str = "127.0.0.1", port: int = 78
     uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=False)
 
 
-__all__ = ["create_app", "run_server", "BodyLimit", "FORMATS"]
+__all__ = ["create_app", "run_server", "content_disposition", "BodyLimit", "FORMATS"]

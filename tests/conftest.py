@@ -76,6 +76,16 @@ def small_model(tmp_path_factory, small_prototxt) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def photo_file(tmp_path_factory) -> Path:
+    """A random 90x130 RGB PNG."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(np.random.default_rng(11).integers(0, 256, (90, 130, 3), dtype=np.uint8)).save(path)
+    return path
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

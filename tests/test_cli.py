@@ -382,3 +382,23 @@ def test_api_client_says_in_one_line_that_no_server_answers():
                              f"http://127.0.0.1:{_free_port()}"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "no salicon server answers" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["probability", "log-density"])
+def test_a_density_format_with_minmax_normalisation_is_a_usage_error(fmt, tmp_path, small_model, small_prototxt,
+                                                                    capsys):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
+    out = tmp_path / "out"
+    code = main(["predict", str(image), "-o", str(out), "--model", str(small_model), "--prototxt",
+                 str(small_prototxt), "--format", fmt, "--postprocess", "blur=0.02, normalize = minmax"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--format {fmt} writes a probability map" in err and "normalize=minmax" in err
+    assert not out.exists()
+
+
+def test_int8_with_fast_is_a_usage_error_naming_fast(tmp_path, capsys):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
+    assert main(["predict", str(image), "-o", str(tmp_path / "o"), "--fast", "--precision", "int8"]) == 2
+    assert "--fast runs other input sizes" in capsys.readouterr().err

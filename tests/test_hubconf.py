@@ -40,3 +40,17 @@ def test_salicon_osie_is_the_ready_predictor():
     assert isinstance(salicon, Salicon) and salicon.model_path == default_model_path()
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     np.testing.assert_array_equal(salicon.compute_saliency(image), Salicon(precision="fp32").compute_saliency(image))
+
+
+def test_salicon_osie_takes_other_weights_by_the_name_weights(small_model, small_prototxt):
+    salicon = torch.hub.load(str(ROOT), "salicon_osie", source="local", weights=str(small_model),
+                             prototxt=str(small_prototxt), device="cpu")
+    assert salicon.model_path == small_model
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_salicon_net_on_cuda_without_cuda_says_so():
+    from salicon.errors import EngineError
+
+    with pytest.raises(EngineError, match="CUDA is not available"):
+        torch.hub.load(str(ROOT), "salicon_net", source="local", pretrained=False, device="cuda")

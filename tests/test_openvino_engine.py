@@ -58,11 +58,14 @@ def test_runtime_follows_precision_and_refuses_what_does_not_exist():
     for runtime, precision, engine, words in (("pytorch", "int8", "auto", "int8 runs on runtime 'openvino'"),
                                               ("openvino", "tf32", "auto", "tf32 runs on runtime 'pytorch'"),
                                               ("auto", "int8", "caffe", "engine 'caffe' runs pycaffe in fp32"),
-                                              ("openvino", "fp32", "caffe", "engine 'caffe'"),
+                                              ("openvino", "fp32", "caffe", "runtime 'openvino' is for the "
+                                                                            "PyTorch engine's net \\(choose one"),
                                               ("tpu", "fp32", "auto", "runtime must be one of"),
-                                              ("auto", "int4", "auto", "precision must be one of")):
-        with pytest.raises(ValueError, match=words):
+                                              ("auto", "int4", "auto", "precision must be 'auto' or one of")):
+        with pytest.raises(ValueError, match=words) as info:
             resolve_runtime(runtime, precision, engine)
+        if runtime == "openvino" and engine == "caffe":  # no precision was asked for: none is blamed
+            assert "precision" not in str(info.value)
 
 
 def test_fp32_on_openvino_equals_pytorch_and_bf16_stays_close(small_model, small_prototxt, photo):
@@ -86,6 +89,22 @@ def test_conversion_is_cached(small_model, small_prototxt):
     assert {p: p.stat().st_mtime_ns for p in sorted(cache_folder().glob("*.xml"))} == stamps  # read, not rewritten
 
 
+def test_conversion_says_so_once_and_warns_where_the_cache_cannot_be_written(small_model, small_prototxt, tmp_path,
+                                                                             monkeypatch, capsys):
+    monkeypatch.setenv("SALICON_CACHE", str(tmp_path / "fresh"))
+    Salicon(small_model, small_prototxt, runtime="openvino", device="cpu")
+    assert f"converting small.caffemodel for OpenVINO (once; cached in {tmp_path / 'fresh'}" in capsys.readouterr().err
+    Salicon(small_model, small_prototxt, runtime="openvino", device="cpu")
+    assert "converting" not in capsys.readouterr().err  # read from the cache
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("SALICON_CACHE", str(blocked))
+    Salicon(small_model, small_prototxt, runtime="openvino", device="cpu")
+    err = capsys.readouterr().err
+    assert f"warning: cannot keep the converted model in {blocked / 'openvino'}" in err
+    assert err.count("\n") == 2  # the conversion line and the warning, one line each
+
+
 def test_int8_from_the_record_and_as_a_file(small_int8, small_prototxt, photo):
     fp32 = Salicon(small_int8, small_prototxt, device="cpu", postprocess="none").compute_saliency(photo)
     int8 = Salicon(small_int8, small_prototxt, precision="int8", postprocess="none")
@@ -104,7 +123,8 @@ def test_int8_bad_files_are_named(small_int8, small_model, small_prototxt, tmp_p
     bin_file = folder / "small_int8.bin"
     data = bin_file.read_bytes()
     bin_file.write_bytes(data[: len(data) // 2])  # truncated
-    with pytest.raises(SaliconError, match=r"small_int8.bin: its SHA-256 does not match .* truncated, damaged"):
+    with pytest.raises(SaliconError, match=r"small_int8.bin: its SHA-256 does not match .* truncated, damaged"
+                                           r".*--precision fp32"):
         Salicon(weights, small_prototxt, precision="int8")
     with pytest.raises(FormatError, match=r"small_int8.xml: (not a readable OpenVINO model|OpenVINO cannot)"):
         Salicon(folder / "small_int8.xml", small_prototxt, precision="int8")

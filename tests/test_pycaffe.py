@@ -10,7 +10,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import salicon.pycaffe as caffe
 from salicon.engine import Net as EngineNet
@@ -27,14 +26,6 @@ def _run(script: str, *args, engine: str) -> None:
         command[1:1] = ["-m", "salicon.pycaffe"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "photo.png"
-    rng = np.random.default_rng(11)
-    Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +48,9 @@ def tiny_solver(tmp_path_factory, tiny_train_prototxt):
 
 
 @needs_caffe
-def test_inference_script_gives_caffes_map(small_prototxt, small_model, image, tmp_path):
+def test_inference_script_gives_caffes_map(small_prototxt, small_model, photo_file, tmp_path):
     for engine in ("caffe", "salicon"):
-        _run("infer.py", small_prototxt, small_model, image, tmp_path / f"{engine}.npz", engine=engine)
+        _run("infer.py", small_prototxt, small_model, photo_file, tmp_path / f"{engine}.npz", engine=engine)
     theirs, ours = np.load(tmp_path / "caffe.npz"), np.load(tmp_path / "salicon.npz")
     np.testing.assert_allclose(ours["map"], theirs["map"], atol=1e-5)
     np.testing.assert_allclose(ours["conv5"], theirs["conv5"], rtol=1e-4, atol=1e-5)
@@ -333,3 +324,14 @@ def test_runner_usage_and_missing_script(tmp_path):
     done = subprocess.run([sys.executable, "-m", "salicon.pycaffe", str(script), "a", "--b"], capture_output=True,
                           text=True, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.strip() == "salicon.pycaffe 1 ['a', '--b']"
+
+
+def test_runner_answers_caffe_proto_and_names_unsupported_submodules(tmp_path):
+    script = tmp_path / "imports.py"
+    script.write_text("from caffe.proto import caffe_pb2\nprint(caffe_pb2.NetParameter.__name__)\n"
+                      "import caffe.proto.caffe_pb2\nfrom caffe import layers as L\n")
+    done = subprocess.run([sys.executable, "-m", "salicon.pycaffe", str(script)], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.stdout.strip() == "NetParameter"
+    assert done.returncode == 1 and done.stderr.strip().endswith(
+        "ImportError: not supported by salicon.pycaffe: caffe.layers"), done.stderr[-500:]

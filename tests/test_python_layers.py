@@ -292,12 +292,9 @@ def test_a_train_net_needs_backward_of_a_layer_with_bottoms(layer_dir, small_tra
 # ----------------------------------------------------- against real Caffe
 
 
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("photo") / "photo.png"
-    rng = np.random.default_rng(5)
-    Image.fromarray(rng.integers(0, 256, (70, 110, 3), dtype=np.uint8)).save(path)
-    return path
+@pytest.fixture
+def photo(photo_file):
+    return photo_file
 
 
 @needs_caffe

@@ -451,3 +451,26 @@ def test_a_failing_net_is_a_500_with_a_message_and_the_server_carries_on(model, 
             model.forward = real_forward
         assert _post(c, _png(photo)).status_code == 200
     assert service.failed_requests == 1
+
+
+@pytest.mark.parametrize("name", ["漢字ü.jpg", "写真の名前.png", "Привет.jpeg", "😀 smile.png", 'quote"d.png',
+                                  "back\\slash.png"])
+def test_any_file_name_comes_back_in_the_download_headers(client, photo, name):
+    """HTTP headers are Latin-1: the name travels as RFC 6266's filename*=UTF-8'' (with an ASCII fallback)."""
+    from urllib.parse import unquote
+
+    from salicon.webapp import content_disposition
+
+    stem = Path(name).stem
+    for params, suffix in (({}, "_saliency.png"), ({"format": "npy"}, "_saliency.npy"),
+                           ({"overlay": "true"}, "_overlay.png")):
+        r = _post(client, _png(photo), name=name, **params)
+        assert r.status_code == 200, r.text
+        header = r.headers["content-disposition"]
+        header.encode("latin-1")
+        assert unquote(header.split("filename*=UTF-8''")[1]) == stem + suffix
+    body = _post(client, _png(photo), name=name, format="json", keep="true").json()
+    assert body["name"] == Path(name).name
+    r = client.get(body["downloads"]["overlay_png"])
+    assert r.status_code == 200 and unquote(r.headers["content-disposition"].split("''")[1]) == stem + "_overlay.png"
+    assert content_disposition("inline", "plain.png") == 'inline; filename="plain.png"'

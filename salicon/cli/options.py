@@ -263,6 +263,9 @@ def salicon_options(args: argparse.Namespace, **overrides) -> dict:
         resolve_runtime(args.runtime, "fp32" if args.precision == "auto" else args.precision, args.engine)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if getattr(args, "precision", None) == "int8" and args.prototxt == FAST_PROTOTXT and args.model is None:
+        raise UsageError("--precision int8 runs the shipped model's int8 file, made for the full-size net; --fast "
+                         "runs other input sizes: use --fast with --precision fp32 or bf16, or int8 without --fast")
     options = {"model": args.model, "prototxt": prototxt_arg(args), "device": args.device, "engine": args.engine,
                "precision": args.precision, "runtime": args.runtime, "input_scale": args.input_scale}
     for name in ("resize", "max_pixels", "postprocess", "variants", "python_layers"):

@@ -90,6 +90,12 @@ def _add_ray_options(p: argparse.ArgumentParser) -> None:
 
 
 def _spec(args: argparse.Namespace) -> OutputSpec:
+    """What to write; options that contradict each other are a ValueError (exit status 2)."""
+    asked = {k.strip().lower(): v.strip().lower() for k, _, v in
+             (item.partition("=") for item in str(args.postprocess).split(","))}
+    if args.format != "png" and asked.get("normalize") == "minmax":
+        raise ValueError(f"--format {args.format} writes a probability map (its values sum to 1), which "
+                         f"--postprocess normalize=minmax contradicts; drop one of them")
     return OutputSpec(store=args.store, npy=args.npy, overlay=args.overlay, threshold=args.threshold,
                       parquet_map=args.parquet_map, format=args.format)
 
