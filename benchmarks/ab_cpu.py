@@ -125,7 +125,8 @@ def main() -> int:
     print(f"largest slow-down: {100 * (worst - 1):+.1f} %")
     after = subprocess.run(["git", "rev-parse", "--short", args.after], cwd=ROOT, capture_output=True, text=True)
     write_report(args.json, {"before": args.before, "after": after.stdout.strip(),
-        "rounds": args.rounds, "bench_cpu_args": extra, "machine": runs["after"][0].get("machine") or {**cpu_features(), "cores": os.cpu_count()}, "rows": rows,
+        "rounds": args.rounds, "bench_cpu_args": extra, "rows": rows,
+        "machine": runs["after"][0].get("machine") or {**cpu_features(), "cores": os.cpu_count()},
         "largest_slowdown": worst - 1})
     return 0
 
