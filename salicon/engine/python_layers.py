@@ -24,6 +24,7 @@ worker) runs exactly the file the driver resolved.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -213,6 +214,7 @@ def _canonical(node) -> str:
     return repr(node)
 
 
+@functools.lru_cache(maxsize=64)  # every net built from the same files asks again
 def fingerprint(source: str, filename: str = "<layer>") -> str:
     """SHA-256 (hex, first 16 digits) of the module's normalised syntax tree.
 
