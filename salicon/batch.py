@@ -301,8 +301,9 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels)
     # The driver checks the files once (no forward pass): bad ones are reported before any cluster work.
     # Its Python layer files are the ones every actor runs, whatever the workers' own paths hold.
-    options = dataclasses.replace(options, python_layers=resolve_mode(options.python_layers), layer_files={
-        **resolve_layer_files(read_net_prototxt(options.prototxt)), **(options.layer_files or {})})
+    options = dataclasses.replace(options, python_layers=resolve_mode(options.python_layers),
+                                  layer_files=resolve_layer_files(read_net_prototxt(options.prototxt),
+                                                                  files=options.layer_files))
     if options.precision == "auto":  # decided once, here, for every actor
         options = dataclasses.replace(options, precision=auto_precision(
             options.model_path, options.prototxt, options.device, options.runtime,

@@ -25,7 +25,7 @@ from .decode import (DECODERS, PreprocessSpec, decode_inputs, decode_jpeg_on, de
 from .device import precision_context, resolve_device, resolve_runtime
 from .engine import Net
 from .engine.fast import FastForward, ForwardOptions
-from .engine.python_layers import LayerFile, PythonLayerInfo, plan_python_layers, read_layer_file, resolve_mode
+from .engine.python_layers import LayerFile, PythonLayerInfo, plan_python_layers, resolve_layer_files, resolve_mode
 from .errors import EngineError, SaliconError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, load_image
 from .postprocess import CenterPrior, PostProcess, PostProcessError, parse_postprocess
@@ -150,18 +150,14 @@ class Salicon:
         self.model_path = self._model_file(model)
         self.prototxt_path = Path(prototxt) if prototxt is not None else pretrained.prototxt_path()
         self.python_layers_mode = resolve_mode(python_layers)
-        plan = plan_python_layers(formats.read_net_prototxt(self.prototxt_path), self.python_layers_mode,
-                                  files=layer_files)
+        net_param = formats.read_net_prototxt(self.prototxt_path)
         #: Module name -> the file each Python layer module runs (as resolved here, or as given).
-        self.layer_files = dict(layer_files or {})
-        for info in plan.values():
-            if info.module not in self.layer_files:
-                self.layer_files[info.module] = read_layer_file(info.module, info.file)
+        self.layer_files = resolve_layer_files(net_param, files=layer_files)
+        plan = plan_python_layers(net_param, self.python_layers_mode, files=self.layer_files)
         host = [info for info in plan.values() if not info.native]
         if precision == "auto":
-            precision = ("fp32" if host and engine != "caffe" else
-                         auto_precision(self.model_path, self.prototxt_path, device, runtime, engine,
-                                        self.python_layers_mode, self.layer_files))
+            precision = auto_precision(self.model_path, self.prototxt_path, device, runtime, engine,
+                                       self.python_layers_mode, self.layer_files)
         #: Where the net runs: "pytorch", "openvino" or "caffe" (real pycaffe).
         self.runtime = resolve_runtime(runtime, precision, engine)
         self.device = resolve_device("cpu" if self.runtime != "pytorch" and device == "auto" else device)
@@ -180,10 +176,12 @@ class Salicon:
                               f"or python_layers='native' to use the native layer instead of that file")
         self.net = self._load_net(channels_last)
         #: Layer name -> which file and implementation each Python layer runs.
-        self.python_layers = (dict(self.net.python_layers) if isinstance(self.net, Net) else
-                              {name: dataclasses.replace(info, implementation=self.runtime if self.runtime == "caffe"
-                                                         else info.implementation)
-                               for name, info in plan.items()})
+        if isinstance(self.net, Net):
+            self.python_layers = dict(self.net.python_layers)
+        elif self.runtime == "caffe":  # Caffe runs every file as written
+            self.python_layers = {n: dataclasses.replace(i, implementation="caffe") for n, i in plan.items()}
+        else:
+            self.python_layers = plan
         self.output_blob = self._find_output()
         options = ForwardOptions.parse(variants) if isinstance(variants, str) else variants
         if options and self.runtime != "pytorch":

@@ -162,20 +162,16 @@ def read_layer_file(module: str, path: os.PathLike | str) -> LayerFile:
     return LayerFile(module, str(Path(path).resolve()), text)
 
 
-def resolve_layer_files(net_param: caffe_pb2.NetParameter, search_path: Iterable[os.PathLike | str] = ()
-                        ) -> dict[str, LayerFile]:
+def resolve_layer_files(net_param: caffe_pb2.NetParameter, search_path: Iterable[os.PathLike | str] = (),
+                        files: Mapping[str, LayerFile] | None = None) -> dict[str, LayerFile]:
     """Module name -> :class:`LayerFile` for every ``Python`` layer of ``net_param``
-    (all phases): what a net built from it here would run, to ship elsewhere."""
-    folders = list(search_path)
-    files: dict[str, LayerFile] = {}
+    (all phases): ``files`` where they have the module (shipped from elsewhere),
+    else what a net built from it here would run, read once."""
+    found: dict[str, LayerFile] = dict(files or {})
     for layer in net_param.layer:
-        module = layer.python_param.module if layer.type == "Python" else ""
-        if module and module not in files:
-            try:
-                files[module] = read_layer_file(module, find_layer_file(module, folders))
-            except ImportError as exc:
-                raise NetError(layer.name, "Python", f"cannot import module '{module}': {exc}") from None
-    return files
+        if layer.type == "Python" and layer.python_param.module and layer.python_param.module not in found:
+            found[layer.python_param.module] = layer_file_for(layer, search_path)
+    return found
 
 
 # -------------------------------------------------------------- fingerprints
@@ -304,12 +300,12 @@ def plan_python_layers(net_param: caffe_pb2.NetParameter, mode: str | None = Non
     """Layer name -> what each ``Python`` layer of ``net_param`` (all phases) would
     run, without building the net (for choosing a runtime before loading one)."""
     mode = resolve_mode(mode)
-    found: dict[str, LayerFile] = dict(files or {})
+    found = resolve_layer_files(net_param, search_path, files)
     plan: dict[str, PythonLayerInfo] = {}
     for lp in net_param.layer:
         if lp.type != "Python" or not lp.python_param.module:
             continue
-        file = found.setdefault(lp.python_param.module, layer_file_for(lp, search_path, found))
+        file = found[lp.python_param.module]
         try:
             _, implementation = native_for(file, lp.python_param.layer, mode)
             digest = file.fingerprint
