@@ -6,7 +6,7 @@ images of examples/ (``salicon.examples``) and the web page of ``salicon serve``
 from setuptools import setup
 
 setup(
-    packages=["salicon", "salicon.cli", "salicon.engine", "salicon.pycaffe", "salicon.proto", "salicon.prototxt",
+    packages=["salicon", "salicon.cli", "salicon.engine", "salicon.runtimes", "salicon.pycaffe", "salicon.proto", "salicon.prototxt",
               "salicon.models", "salicon.examples"],
     package_dir={"salicon": "salicon", "salicon.prototxt": "prototxt", "salicon.models": "models",
                  "salicon.examples": "examples", "": "layers"},

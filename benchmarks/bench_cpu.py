@@ -266,7 +266,7 @@ def main() -> int:
             image, model, source = make_inputs(Path(rest[0]))
             result = {"image": str(image), "model": str(model), "source": source}
             if openvino_installed():  # the one-off conversion is cached before anything is timed
-                from salicon.openvino_engine import convert_net
+                from salicon.runtimes.openvino import convert_net
                 convert_net(ROOT / "prototxt" / "salicon.prototxt", model)
         elif kind == "forward":
             result = child_forward(rest[0], rest[1], args.repeat)

@@ -99,7 +99,7 @@ def main() -> int:
 
     import torch
 
-    from salicon.caffe_engine import caffe_available
+    from salicon.runtimes.caffe import caffe_available
     from salicon.evaluate import read_split
     from salicon.train import TrainConfig, Trainer
     from salicon.weights import init_from_vgg16

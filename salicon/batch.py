@@ -36,8 +36,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import runtimes
+from .config import SaliconConfig
 from .errors import SaliconError
-from .image import DEFAULT_MAX_PIXELS, load_image
+from .image import load_image
 from .inputs import Item, is_uri, read_bytes
 from .outputs import (MapWrite, OutputSpec, OutputStore, completed_stems, find_clashes, write_manifest, write_map,
                       write_shard)
@@ -52,30 +54,29 @@ class BatchError(SaliconError):
 
 @dataclass(frozen=True)
 class RayOptions:
-    """How a Ray batch job runs: the model, the cluster and the net's numerics.
+    """How a Ray batch job runs: the model's configuration, given whole to every
+    actor, and what is the job's own (cluster, actors, batches, progress).
 
     ``address``: None or ``"local"`` starts a Ray instance on this machine;
     ``"auto"`` or ``"ray://host:10001"`` (or ``host:port``) joins a cluster.
     ``actors``: net actors (default: one per GPU of the cluster, else one CPU actor).
     """
-    model_path: str | os.PathLike | None = None    # default: the shipped model
-    prototxt: str | os.PathLike | None = None      # default: prototxt/salicon.prototxt
+    config: SaliconConfig = field(default_factory=SaliconConfig)
     address: str | None = None
     actors: int | None = None
     batch_size: int = 1
-    device: str = "auto"
-    precision: str = "auto"                        # as Salicon's: int8 on CPU actors where it can, else fp32
-    runtime: str = "auto"                          # pytorch, openvino (CPU actors) or auto
-    input_scale: float | None = None
-    resize: str = "spline"
-    postprocess: str = "default"
-    max_pixels: int | None = None                  # default: the package's limit
     progress: bool = True
     num_cpus: int | None = None                    # CPUs of a local instance
-    variants: str = ""                             # forward variants of the actors' PyTorch nets
-    python_layers: str | None = None               # auto, as-written or native (Salicon's python_layers)
-    #: Module -> LayerFile the actors run: resolved once on the driver (its sys.path), shipped with the job.
-    layer_files: dict | None = None
+
+    def with_fields(self, **fields: Any) -> RayOptions:
+        """A copy with ``fields`` set: the job's own, or the model's (``model_path``
+        is ``model``) set in its config."""
+        own = {f.name for f in dataclasses.fields(self)}
+        mine = {k: v for k, v in fields.items() if k in own}
+        theirs = {("model" if k == "model_path" else k): v for k, v in fields.items() if k not in own}
+        config = self.config.replace(**{k: str(v) if k in ("model", "prototxt") and v is not None else v
+                                        for k, v in theirs.items()}) if theirs else self.config
+        return dataclasses.replace(self, config=mine.pop("config", config), **mine)
 
 
 # ---------------------------------------------------------------- stages
@@ -115,10 +116,7 @@ class NetActor:
 
         if threads:
             torch.set_num_threads(threads)
-        self.model = Salicon(options.model_path, options.prototxt, device=options.device,
-                             precision=options.precision, runtime=options.runtime, input_scale=options.input_scale,
-                             postprocess=post, variants=options.variants, python_layers=options.python_layers,
-                             layer_files=options.layer_files)
+        self.model = Salicon(config=options.config.replace(postprocess=post))
         self.names = list(self.model.net.input_shapes)
         self.raw_shape = tuple(self.model.net.blob_shapes[self.model.output_blob][-2:])
         self.options, self.out, self.spec = options, out, spec
@@ -156,12 +154,12 @@ def write_batch(batch: dict[str, np.ndarray], raw: np.ndarray, out: str, spec: O
             continue
         size = (int(batch["height"][i]), int(batch["width"][i]))
         try:
-            sal = post.apply(torch.from_numpy(raw[i]), size, options.resize)
+            sal = post.apply(torch.from_numpy(raw[i]), size, options.config.resize)
         except (SaliconError, ValueError, MemoryError) as exc:
             status[i], messages[i] = "failed", f"{source}: {exc}"
             continue
         written = write_map(store, stem, sal, spec, lambda: load_image(
-            read_bytes(source), as_float=False, max_pixels=options.max_pixels, name=source))
+            read_bytes(source), as_float=False, max_pixels=options.config.max_pixels, name=source))
         if not written.ok:
             status[i], messages[i] = "failed", f"{source}: {written.message()}"
         elif spec.parquet:
@@ -278,14 +276,9 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
     :class:`RayOptions`. Images whose outputs exist are skipped;
     ``OUT/manifest.csv`` records every image's status.
     """
-    from .device import resolve_runtime
-    from .engine import Net
-    from .engine.python_layers import resolve_layer_files, resolve_mode
-    from .formats import read_net_prototxt
-    from .model import Salicon, auto_precision, load_postprocess
-    from .pretrained import default_model_path, prototxt_path
+    from .model import Salicon
 
-    options = dataclasses.replace(options, **fields)
+    options = options.with_fields(**fields)
     report = BatchReport(total=len(items))
     start = time.perf_counter()
     if not is_uri(out):  # the workers of a cluster run in other working directories
@@ -295,30 +288,14 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
     if clashes:
         raise BatchError(f"output {clashes[0][1]} would overwrite the input image {clashes[0][0]} "
                          f"({len(clashes)} such output(s)); choose another -o")
-    options = dataclasses.replace(
-        options, model_path=str(Path(options.model_path or default_model_path()).resolve()),
-        prototxt=str(Path(options.prototxt or prototxt_path()).resolve()),
-        max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels)
-    # The driver checks the files once (no forward pass): bad ones are reported before any cluster work.
-    # Its Python layer files are the ones every actor runs, whatever the workers' own paths hold.
-    options = dataclasses.replace(options, python_layers=resolve_mode(options.python_layers),
-                                  layer_files=resolve_layer_files(read_net_prototxt(options.prototxt),
-                                                                  files=options.layer_files))
-    if options.precision == "auto":  # decided once, here, for every actor
-        options = dataclasses.replace(options, precision=auto_precision(
-            options.model_path, options.prototxt, options.device, options.runtime,
-            python_layers=options.python_layers, layer_files=options.layer_files))
-    runtime = resolve_runtime(options.runtime, options.precision)
-    if runtime == "openvino":  # the model's OpenVINO file, compiled once here as the actors will
-        net = Salicon(options.model_path, options.prototxt, device="cpu", precision=options.precision,
-                      runtime=runtime, python_layers=options.python_layers, layer_files=options.layer_files).net
-    else:
-        net = Net(options.prototxt, phase="test", python_layers=options.python_layers,
-                  layer_files=options.layer_files)
-        net.copy_from(options.model_path, strict=True)
-    post = load_postprocess(options.model_path, options.postprocess)
-    pre = _preprocess_spec(net, options)
-    del net
+    # Resolved once, here: the model's files, auto precision and runtime, and the Python layer files every
+    # actor runs (shipped with the job, whatever the workers' own paths hold). The model is built once on
+    # the driver's CPU (no forward pass), so bad files are reported before any cluster work.
+    config = options.config.resolved()
+    checked = Salicon(config=config.replace(device="cpu", variants=""))
+    post, pre = checked.post, checked.preprocess_spec()
+    del checked
+    options = dataclasses.replace(options, config=config.replace(input_scale=pre.input_scale))
     store = OutputStore(out)
     done = completed_stems(store, items, spec)
     todo = [it for it in items if it.stem not in done]
@@ -337,24 +314,11 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
     return report
 
 
-def _preprocess_spec(net, options: RayOptions) -> PreprocessSpec:
-    from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE
-    from .pretrained import model_metadata
-
-    scale = options.input_scale
-    if scale is None:  # the model file's own convention, as Salicon reads it
-        scale = float(model_metadata(options.model_path).get("input_scale", PUBLISHED_INPUT_SCALE))
-    return PreprocessSpec({k: tuple(v) for k, v in net.input_shapes.items()}, options.resize, scale,
-                          tuple(MEAN_BGR), options.max_pixels)
-
-
 def _placement(options: RayOptions, cpus: float, gpus: int) -> tuple[int, dict, float, int, int | None, str]:
     """(actors, actor resources, CPUs per decode task, concurrent calls per actor,
     torch threads per actor, actor device) for a cluster with ``cpus`` and ``gpus``."""
-    use_gpu = options.device not in ("cpu",) and gpus > 0 and options.precision != "int8" \
-        and options.runtime != "openvino"  # OpenVINO runs on CPU actors
-    if options.device.startswith("cuda") and not gpus:
-        raise BatchError(f"--device {options.device}: the Ray cluster has no GPU")
+    config = options.config
+    use_gpu = runtimes.worker_device(config.runtime, config.precision, config.device, gpus) == "cuda"
     n_actors = options.actors or (gpus if use_gpu else 1)
     if use_gpu:
         # Post-processing and PNG encoding cost ~30 ms an image on one core (benchmarks/bench_ray.py):
@@ -397,7 +361,7 @@ def _run_pipeline(todo: list[Item], out: str, pre: PreprocessSpec, post, options
                              override_num_blocks=max(1, math.ceil(len(todo) / batch_size)))
     ds = ds.map_batches(decode_batch, fn_kwargs={"spec": pre}, batch_size=batch_size, batch_format="numpy",
                         num_cpus=task_cpus)
-    actor_options = dataclasses.replace(options, device=actor_device, input_scale=pre.input_scale)
+    actor_options = dataclasses.replace(options, config=options.config.replace(device=actor_device))
     ds = ds.map_batches(
         NetActor, fn_constructor_kwargs={"options": actor_options, "out": out, "spec": spec, "post": post,
                                          "threads": threads},

@@ -1,6 +1,6 @@
 """Export trained weights for deployment without this package: a float32
 .caffemodel with its test prototxt and Python layers (for real Caffe), or an
-ONNX graph (for onnxruntime and other ONNX runtimes).
+ONNX graph (for ONNX Runtime, TensorRT and other ONNX runtimes).
 
 Both take the net's preprocessed inputs, exactly as ``Salicon.preprocess``
 makes them: the RGB image flipped to BGR, the ImageNet mean (``MEAN_BGR``)

@@ -31,11 +31,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".we
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WebP", "PNM")
 
 
-def describe_pixels(count: int) -> str:
-    """A pixel count as people read it: '5000 pixels' when small, '50.0 megapixels' when not."""
-    return f"{count} pixels" if count < 100_000 else f"{count / 1e6:.1f} megapixels"
-
-
 def _composite_on_white(img: Image.Image) -> Image.Image:
     rgba = img.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -96,21 +91,47 @@ def _array_to_rgb(arr: np.ndarray, name: str, as_float: bool = True) -> np.ndarr
 def check_pixels(width: int, height: int, max_pixels: int | None, name: str) -> None:
     """Refuse an image larger than ``max_pixels`` (None: no limit) before it is decoded."""
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(f"{name}: {width}x{height} pixels ({describe_pixels(width * height)}) exceeds "
-                                 f"the limit of {describe_pixels(max_pixels)}; raise it with --max-pixels "
-                                 f"(max_pixels=) if you trust the file")
+        raise ImageTooLargeError(name, max_pixels, width * height, (width, height))
 
 
 def _open_checked(source, name: str, max_pixels: int | None) -> Image.Image:
-    """PIL's lazy open, with the project's own pixel limit in place of PIL's warning and error."""
-    if max_pixels is None or max_pixels > 2 * (Image.MAX_IMAGE_PIXELS or max_pixels):
-        # The user lifted the limit past PIL's own refusal threshold: PIL must follow.
-        Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max_pixels // 2 + 1
+    """PIL's lazy open, with the project's own pixel limit in place of PIL's warning
+    and error; PIL's process-wide ``MAX_IMAGE_PIXELS`` is read, never written."""
+    pil_limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(source)
+        try:
+            img = Image.open(source)
+        except Image.DecompressionBombError:
+            if pil_limit is not None and max_pixels is not None and max_pixels <= pil_limit:
+                raise  # past our own limit too: reported as such by the caller
+            img = _open_past_pil_limit(source)  # the user lifted the limit past PIL's refusal threshold
     check_pixels(img.width, img.height, max_pixels, name)
     return img
+
+
+def _open_past_pil_limit(source) -> Image.Image:
+    """Open ``source`` as ``Image.open`` does, through PIL's registered format
+    openers, without its process-wide decompression-bomb check (the caller
+    checks the size against its own limit)."""
+    fp = open(source, "rb") if isinstance(source, (str, os.PathLike)) else source
+    Image.init()
+    fp.seek(0)
+    prefix = fp.read(16)
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and not accept(prefix):
+            continue
+        fp.seek(0)
+        try:
+            img = factory(fp, str(source) if fp is not source else "")
+        except (SyntaxError, IndexError, TypeError, ValueError, OSError):
+            continue
+        img._exclusive_fp = fp is not source  # closing the image closes the file we opened, as Image.open's does
+        return img
+    if fp is not source:
+        fp.close()
+    raise UnidentifiedImageError("cannot identify image file")
 
 
 def load_image(source: ImageLike, *, as_float: bool = True,
@@ -161,10 +182,8 @@ def _decode(source, name: str, as_float: bool, max_pixels: int | None) -> np.nda
         raise ImageError(f"{name}: not an image file (PIL cannot identify its format)") from None
     except Image.DecompressionBombError as exc:  # PIL's own threshold, met before the header is ours to see
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = describe_pixels(int(found.group(1))) if found else "its size"
         limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageTooLargeError(f"{name}: {size} exceeds the limit of {describe_pixels(limit)}; raise it with "
-                                 f"--max-pixels (max_pixels=) if you trust the file") from None
+        raise ImageTooLargeError(name, limit, int(found.group(1)) if found else None) from None
     except MemoryError:
         raise ImageError(f"{name}: not enough memory to decode the image") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data

@@ -18,22 +18,20 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import formats, pretrained
+from . import formats, pretrained, runtimes
+from .config import SaliconConfig
 from .pretrained import OUTPUT_BLOB
 from .decode import (DECODERS, PreprocessSpec, decode_inputs, decode_jpeg_on, decode_rgb, gpu_decode_problem,
                      make_executor, prefetch, read_for_gpu, to_device)
-from .device import precision_context, resolve_device, resolve_runtime
+from .device import precision_context, resolve_device
 from .engine import Net
 from .engine.fast import FastForward, ForwardOptions
-from .engine.python_layers import LayerFile, PythonLayerInfo, plan_python_layers, resolve_layer_files, resolve_mode
+from .engine.python_layers import LayerFile, plan_python_layers
 from .errors import EngineError, SaliconError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, load_image
 from .postprocess import CenterPrior, PostProcess, PostProcessError, parse_postprocess
-from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE, RESIZE_METHODS
+from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE
 from .types import PathLike
-
-ENGINES = ("auto", "pytorch", "caffe")
-
 
 def record_postprocess(model: PathLike, record: pretrained.ModelRecord | None = None
                        ) -> tuple[CenterPrior | None, PostProcess]:
@@ -53,38 +51,6 @@ def load_postprocess(model: PathLike, spec: str | PostProcess = "default") -> Po
     """A post-processing specification read against the record of the weights file
     ``model`` (``"default"`` and ``prior=learned`` refer to it), without loading the net."""
     return parse_postprocess(spec, *record_postprocess(model))
-
-
-def host_layers(prototxt: PathLike | None = None, python_layers: str | None = None,
-                layer_files: Mapping[str, LayerFile] | None = None) -> list[PythonLayerInfo]:
-    """The Python layers of the net ``prototxt`` that would run as written (on the
-    host): with any of them the net runs on the PyTorch runtime only."""
-    path = Path(prototxt) if prototxt is not None else pretrained.prototxt_path()
-    plan = plan_python_layers(formats.read_net_prototxt(path), python_layers, files=layer_files)
-    return [info for info in plan.values() if not info.native]
-
-
-def auto_precision(model: PathLike, prototxt: PathLike | None = None, device: str | torch.device = "auto",
-                   runtime: str = "auto", engine: str = "auto", python_layers: str | None = None,
-                   layer_files: Mapping[str, LayerFile] | None = None) -> str:
-    """What ``precision="auto"`` means for the weights file ``model`` and the test
-    net ``prototxt``: int8 where it is the fast path (a CPU, OpenVINO installed,
-    an int8 file recorded for this model and made from this prototxt, every
-    Python layer native), fp32 (exact) everywhere else."""
-    from .openvino_engine import openvino_available
-
-    on_cpu = str(device) == "cpu" or (str(device) == "auto" and not torch.cuda.is_available())
-    if engine == "caffe" or runtime == "pytorch" or not on_cpu or not openvino_available():
-        return "fp32"
-    if host_layers(prototxt, python_layers, layer_files):
-        return "fp32"
-    record = pretrained.read_record(model, verify=False)
-    entry = (record.meta.get("int8") if record else None) or {}
-    prototxt = Path(prototxt) if prototxt is not None else pretrained.prototxt_path()
-    made_for = entry.get("prototxt_sha256")
-    if not (Path(model).parent / entry.get("file", "")).is_file() or not made_for:
-        return "fp32"
-    return "int8" if prototxt.is_file() and pretrained.file_sha256(prototxt) == made_for else "fp32"
 
 
 class Salicon:
@@ -138,43 +104,58 @@ class Salicon:
                  mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, postprocess: str | PostProcess = "default",
                  prototxtpath: PathLike | None = None, variants: str | ForwardOptions = "",
-                 python_layers: str | None = None, layer_files: Mapping[str, LayerFile] | None = None):
-        if prototxtpath is not None:  # OpenSALICON's own keyword
-            if prototxt is not None:
-                raise ValueError("give prototxt or prototxtpath (its OpenSALICON name), not both")
-            prototxt = prototxtpath
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-        if resize not in RESIZE_METHODS:
-            raise ValueError(f"resize must be one of {RESIZE_METHODS}, not {resize!r}")
-        self.model_path = self._model_file(model)
-        self.prototxt_path = Path(prototxt) if prototxt is not None else pretrained.prototxt_path()
-        self.python_layers_mode = resolve_mode(python_layers)
-        net_param = formats.read_net_prototxt(self.prototxt_path)
+                 python_layers: str | None = None, layer_files: Mapping[str, LayerFile] | None = None,
+                 config: SaliconConfig | None = None):
+        if config is None:
+            if isinstance(variants, ForwardOptions):
+                variants = ",".join(variants.names())
+            config = SaliconConfig.from_options(
+                model=model, prototxt=prototxt, prototxtpath=prototxtpath, device=str(device), precision=precision,
+                runtime=runtime, engine=engine, input_scale=input_scale, resize=resize,
+                mean_bgr=tuple(mean_bgr), channels_last=channels_last, max_pixels=max_pixels,
+                postprocess=postprocess, variants=variants, python_layers=python_layers, layer_files=layer_files)
+        self._setup(config.resolved())
+
+    @classmethod
+    def from_config(cls, config: SaliconConfig) -> "Salicon":
+        """The model a :class:`~salicon.config.SaliconConfig` describes (resolved here if it is not yet)."""
+        return cls(config=config)
+
+    def _setup(self, config: SaliconConfig) -> None:
+        #: The resolved configuration this model runs (what workers are given to build the same model).
+        self.config = config
+        #: The registered model's name, or None for a weights file given by path.
+        self.name = config.name
+        self.model_path = Path(config.model)
+        self.prototxt_path = Path(config.prototxt)
+        self.python_layers_mode = config.python_layers
         #: Module name -> the file each Python layer module runs (as resolved here, or as given).
-        self.layer_files = resolve_layer_files(net_param, files=layer_files)
-        plan = plan_python_layers(net_param, self.python_layers_mode, files=self.layer_files)
+        self.layer_files = dict(config.layer_files or {})
+        plan = plan_python_layers(formats.read_net_prototxt(self.prototxt_path), config.python_layers,
+                                  files=self.layer_files)
         host = [info for info in plan.values() if not info.native]
-        if precision == "auto":
-            precision = auto_precision(self.model_path, self.prototxt_path, device, runtime, engine,
-                                       self.python_layers_mode, self.layer_files)
-        #: Where the net runs: "pytorch", "openvino" or "caffe" (real pycaffe).
-        self.runtime = resolve_runtime(runtime, precision, engine)
-        self.device = resolve_device("cpu" if self.runtime != "pytorch" and device == "auto" else device)
-        self.precision = precision
-        self.input_scale = self._input_scale(input_scale)
-        self.mean_bgr = tuple(float(m) for m in mean_bgr)
-        self.resize = resize
-        self.max_pixels = max_pixels
+        #: Where the net runs: a registered runtime's name (salicon.runtimes.names()).
+        self.runtime = config.runtime
+        runtime = self._runtime = runtimes.get(config.runtime)
+        self.precision = config.precision
+        self.device = self._device(runtime, config.device)
+        self.input_scale = self._input_scale(config.input_scale)
+        self.mean_bgr = config.mean_bgr
+        self.resize = config.resize
+        self.max_pixels = config.max_pixels
         self._read_record()
         #: What happens to the net's map on its way to the image.
-        self.post = self.resolve_postprocess(postprocess)
-        self.engine = "pytorch" if engine == "auto" else engine
-        if host and self.runtime == "openvino":
-            raise EngineError(f"runtime 'openvino' (precision {self.precision}) cannot run Python layer "
+        self.post = self.resolve_postprocess(config.postprocess)
+        self.engine = config.engine
+        if host and not runtime.runs_host_layers:
+            raise EngineError(f"runtime {runtime.name!r} (precision {self.precision}) cannot run Python layer "
                               f"{host[0].describe()}; use runtime 'pytorch' (precision fp32, tf32 or bf16), "
                               f"or python_layers='native' to use the native layer instead of that file")
-        self.net = self._load_net(channels_last)
+        problem = runtime.missing()
+        if problem:
+            raise EngineError(problem)
+        self.net = runtime.load(config, self.device)
+        self._check_inputs()
         #: Layer name -> which file and implementation each Python layer runs.
         if isinstance(self.net, Net):
             self.python_layers = dict(self.net.python_layers)
@@ -183,8 +164,8 @@ class Salicon:
         else:
             self.python_layers = plan
         self.output_blob = self._find_output()
-        options = ForwardOptions.parse(variants) if isinstance(variants, str) else variants
-        if options and self.runtime != "pytorch":
+        options = ForwardOptions.parse(config.variants)
+        if options and not runtime.takes_tensors:
             raise ValueError(f"forward variants ({', '.join(options.names())}) are for the PyTorch runtime, "
                              f"not {self.runtime} (precision {self.precision}); choose runtime 'pytorch' with "
                              f"precision fp32, tf32 or bf16")
@@ -192,17 +173,30 @@ class Salicon:
             raise ValueError(f"forward variant cuda-graphs cannot capture a Python layer run on the host "
                              f"({host[0].describe()})")
         #: The net's forward with the chosen variants, or None for the plain path.
-        self.fast = FastForward(self.net, self.output_blob, options, precision) if options else None
+        self.fast = FastForward(self.net, self.output_blob, options, self.precision) if options else None
 
     @staticmethod
-    def _model_file(model: PathLike | None) -> Path:
-        if model is not None:
-            return Path(model)
-        shipped = pretrained.default_model_path()
-        if not shipped.exists():
-            raise SaliconError(f"the shipped pretrained model is missing ({shipped}); reinstall the package "
-                               f"or pass a trained .caffemodel / .safetensors file as the model")
-        return shipped
+    def _device(runtime, device: str) -> torch.device:
+        """Where ``runtime`` runs for the requested ``device`` ("auto": a GPU when it can use one here)."""
+        if runtime.takes_tensors:
+            return resolve_device(device)
+        kinds = runtime.devices()
+        if device == "auto":
+            return torch.device("cuda" if "cuda" in kinds else "cpu")
+        try:
+            wanted = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"invalid device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        if wanted.type not in kinds:
+            what = "engine 'caffe' runs" if runtime.name == "caffe" else f"runtime {runtime.name!r} runs"
+            raise EngineError(f"{what} on the CPU only, not on {wanted}" if kinds == ("cpu",) else
+                              f"{what} on {', '.join(kinds)}, not on {wanted}")
+        return wanted
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where the net's input tensors are made: the device for PyTorch, the host for the other runtimes."""
+        return self.device if self._runtime.takes_tensors else torch.device("cpu")
 
     def _input_scale(self, input_scale: float | None) -> float:
         """The given scale, else the model file's own convention, else the published one."""
@@ -215,64 +209,17 @@ class Salicon:
 
     def _read_record(self) -> None:
         #: The model's record (``<stem>.json`` beside the weights), or None.
-        self.record = pretrained.read_record(self.model_path)
+        self.record = (pretrained.model_records()[self.name] if self.name
+                       else pretrained.read_record(self.model_path))
         #: The model's learned centre prior (``prior=learned``), if its record has one;
         #: its recorded post-processing (plain for a model without a record).
         self.center_prior, self.default_post = record_postprocess(self.model_path, self.record)
 
-    def _load_net(self, channels_last: bool):
-        if self.runtime != "pytorch" and self.device.type != "cpu":
-            what = "engine 'caffe' runs" if self.runtime == "caffe" else "runtime 'openvino' runs"
-            raise EngineError(f"{what} on the CPU only, not on {self.device}")
-        if self.runtime == "caffe":
-            from .caffe_engine import CaffeNet
-            net = CaffeNet(self.prototxt_path, self.model_path, layer_files=self.layer_files)
-        elif self.runtime == "openvino":
-            net = self._openvino_net()
-        else:
-            net = Net(self.prototxt_path, phase="test", device=self.device, python_layers=self.python_layers_mode,
-                      layer_files=self.layer_files)
-            net.copy_from(self.model_path, strict=True)
-            net.eval().requires_grad_(False)
-            if channels_last:
-                net.to(memory_format=torch.channels_last)
-                net.memory_format = torch.channels_last
-        for name, shape in net.input_shapes.items():
+    def _check_inputs(self) -> None:
+        for name, shape in self.net.input_shapes.items():
             if len(shape) != 4 or shape[1] != 3:
                 raise SaliconError(f"{self.prototxt_path}: input '{name}' has shape {shape}; image inputs "
                                    f"must be N x 3 x H x W (is this a train prototxt?)")
-        return net
-
-    def _openvino_net(self):
-        """The net on OpenVINO: the model's int8 file, an OpenVINO model given as
-        the model, or the weights converted (fp32, bf16)."""
-        from .openvino_engine import OpenVINONet, convert_net, read_ir
-
-        if self.model_path.suffix.lower() == ".xml" or self.precision == "int8":
-            source = self.model_path if self.model_path.suffix.lower() == ".xml" else self._int8_file()
-            net = OpenVINONet(read_ir(source), self.precision, threads=torch.get_num_threads(), source=str(source))
-            shapes = Net(self.prototxt_path, phase="test", python_layers=self.python_layers_mode,
-                         layer_files=self.layer_files).input_shapes
-            net.check_net(shapes, OUTPUT_BLOB if OUTPUT_BLOB in net.outputs else net.outputs[0])
-            return net
-        return OpenVINONet(convert_net(self.prototxt_path, self.model_path), self.precision,
-                           threads=torch.get_num_threads(), source=str(self.model_path))
-
-    def _int8_file(self) -> Path:
-        """The quantized OpenVINO model recorded for this model (``int8.file`` of its record)."""
-        entry = (self.record.meta.get("int8") if self.record else None) or {}
-        if not entry.get("file"):
-            raise SaliconError(f"{self.model_path}: no int8 model is recorded for it; make one with "
-                               f"python scripts/quantize_int8.py --model {self.model_path}, or give the "
-                               f"quantized .xml file as the model")
-        path = self.model_path.parent / entry["file"]
-        for part, digest in ((path, entry.get("sha256")), (path.with_suffix(".bin"), entry.get("bin_sha256"))):
-            if digest and part.is_file() and pretrained.file_sha256(part) != digest:
-                raise SaliconError(f"{part}: its SHA-256 does not match the one recorded in "
-                                   f"{pretrained.record_path(self.model_path)}; the int8 model file is "
-                                   f"truncated, damaged or was replaced; run with precision 'fp32' (--precision "
-                                   f"fp32: the exact net, no int8 file needed) or reinstall the package")
-        return path
 
     def _find_output(self) -> str:
         outputs = self.net.outputs
@@ -294,12 +241,12 @@ class Salicon:
         rgb = load_image(image, as_float=False, max_pixels=self.max_pixels)
         size = (int(rgb.shape[0]), int(rgb.shape[1]))
         nhwc = self.fast is not None and self.fast.options.channels_last
-        return self.preprocess_spec().inputs(rgb, self.device, nhwc), size
+        return self.preprocess_spec().inputs(rgb, self.input_device, nhwc), size
 
     @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Run the net on batched inputs (name -> Nx3xHxW); returns N x h x w float maps."""
-        if self.runtime != "pytorch":  # caffe and openvino take and give arrays
+        if not self._runtime.takes_tensors:  # the other runtimes take and give arrays
             arrays = {k: v.detach().cpu().float().numpy() for k, v in inputs.items()}
             out = torch.from_numpy(self.net(**arrays)[self.output_blob])
         else:
@@ -330,7 +277,7 @@ class Salicon:
             raise ValueError("batch_size must be at least 1")
         if decode not in DECODERS:
             raise ValueError(f"decode must be one of {DECODERS}, not {decode!r}")
-        if decode == "gpu" and (problem := gpu_decode_problem(self.device)):
+        if decode == "gpu" and (problem := gpu_decode_problem(self.input_device)):
             raise EngineError(problem)
         workers = max(1, workers or min(8, os.cpu_count() or 1))
         ahead = workers + batch_size  # bounded read-ahead keeps memory flat
@@ -355,7 +302,7 @@ class Salicon:
         """What a decode worker runs on one image (picklable for processes)."""
         if decode == "gpu":
             return functools.partial(read_for_gpu, max_pixels=self.max_pixels)
-        if self.device.type == "cuda":  # workers decode; the parent uploads (pinned, async) and resizes there
+        if self.input_device.type == "cuda":  # workers decode; the parent uploads (pinned, async) and resizes there
             return functools.partial(decode_rgb, max_pixels=self.max_pixels)
         if decode == "processes":
             return functools.partial(decode_inputs, spec=self.preprocess_spec())
@@ -372,14 +319,14 @@ class Salicon:
         if isinstance(decoded, Exception):
             return decoded
         if isinstance(decoded, np.ndarray):  # 8-bit pixels from a process
-            rgb = to_device(decoded, self.device)
+            rgb = to_device(decoded, self.input_device)
         elif isinstance(decoded[0], dict):  # already the net's inputs
             return {k: torch.as_tensor(v) for k, v in decoded[0].items()}, decoded[1]
         elif decoded[0] == "jpeg":
-            rgb = decode_jpeg_on(decoded[1], self.device)
+            rgb = decode_jpeg_on(decoded[1], self.input_device)
         else:
-            rgb = to_device(decoded[1], self.device)
-        return self.preprocess_spec().inputs(rgb, self.device, nhwc=True), (int(rgb.shape[0]), int(rgb.shape[1]))
+            rgb = to_device(decoded[1], self.input_device)
+        return self.preprocess_spec().inputs(rgb, self.input_device, nhwc=True), (int(rgb.shape[0]), int(rgb.shape[1]))
 
     def preprocess_spec(self) -> PreprocessSpec:
         """What making this model's inputs needs, without the weights (for workers)."""

@@ -27,6 +27,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_BLOB = "saliency_map_out"
 #: File name of the shipped pretrained model (SALICON trained on OSIE; see models/salicon_osie.json).
 DEFAULT_MODEL = "salicon_osie.safetensors"
+#: The registered model used when none is given.
+DEFAULT_MODEL_NAME = "salicon_osie"
+#: Suffixes of files a model may be given as (a name has none of them).
+MODEL_SUFFIXES = (".caffemodel", ".safetensors", ".xml", ".json")
 
 
 def shipped_file(folder: str, name: str) -> Path:
@@ -82,6 +86,18 @@ class ModelRecord:
     postprocess: dict | None = None
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def prototxt(self) -> str | None:
+        """The file name of the test net the record names (``architecture.prototxt``), if any."""
+        arch = self.meta.get("architecture") if isinstance(self.meta.get("architecture"), dict) else {}
+        return Path(arch["prototxt"]).name if arch.get("prototxt") else None
+
+    def scores(self) -> dict[str, float]:
+        """The model's own test scores (``test_scores.<name>``), metric -> mean."""
+        table = self.meta.get("test_scores") if isinstance(self.meta.get("test_scores"), dict) else {}
+        mine = table.get(self.name)
+        return {k: float(v) for k, v in mine.items()} if isinstance(mine, dict) else {}
+
     def describes(self, weights: PathLike) -> bool:
         """Whether this record was written for ``weights`` (same file name); a record
         copied beside another file (an exported .caffemodel) still gives its
@@ -95,6 +111,12 @@ def read_record(weights: PathLike, verify: bool = True) -> ModelRecord | None:
     path = record_path(weights)
     if not path.is_file():
         return None
+    return read_record_file(path, weights, verify)
+
+
+def read_record_file(path: PathLike, weights: PathLike, verify: bool = True) -> ModelRecord:
+    """The record in the file ``path``, describing ``weights`` (see :func:`read_record`)."""
+    path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -112,6 +134,65 @@ def read_record(weights: PathLike, verify: bool = True) -> ModelRecord | None:
                                f"recorded in {path}; the weights file is corrupt or was replaced (reinstall "
                                f"the package, or remove the record if the file is your own)")
     return record
+
+
+# ------------------------------------------------------------ named models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the package runs it: its weights and test net files, and its record."""
+
+    name: str | None
+    weights: Path
+    prototxt: Path
+    record: ModelRecord | None
+
+
+def model_records() -> dict[str, ModelRecord]:
+    """Every registered model by name: each shipped ``models/<name>.json`` whose
+    ``name`` is ``<name>`` and which names a weights file."""
+    folder = shipped_file("models", DEFAULT_MODEL).parent
+    found: dict[str, ModelRecord] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # not a record (a log, a damaged file): not a registered model
+        if isinstance(data, dict) and data.get("name") == path.stem and isinstance(data.get("weights"), dict):
+            found[path.stem] = read_record_file(path, folder / str(data["weights"].get("file")), verify=False)
+    return found
+
+
+def _looks_like_a_name(model: str) -> bool:
+    return not any(sep in model for sep in ("/", "\\")) and Path(model).suffix.lower() not in MODEL_SUFFIXES
+
+
+def resolve_model(model: PathLike | None = None, prototxt: PathLike | None = None) -> ModelSpec:
+    """The weights, test net and record of ``model``: a registered model's name
+    (None: :data:`DEFAULT_MODEL_NAME`), or a weights file (its record, if any,
+    is the ``<stem>.json`` beside it). ``prototxt`` overrides the model's net."""
+    model = DEFAULT_MODEL_NAME if model is None else model
+    text = str(model)
+    if _looks_like_a_name(text) and not Path(text).exists():
+        records = model_records()
+        if text not in records:
+            raise SaliconError(f"model {text!r}: no such registered model or file (registered: "
+                               f"{', '.join(records) or 'none'}; salicon models lists them)")
+        record = records[text]
+        weights = (default_model_path() if record.weights_file == DEFAULT_MODEL
+                   else shipped_file("models", record.weights_file or ""))
+        if not weights.is_file():
+            raise SaliconError(f"the shipped pretrained model is missing ({weights}, model {text!r}); reinstall "
+                               f"the package or pass a trained .caffemodel / .safetensors file as the model")
+        if record.sha256 and file_sha256(weights) != record.sha256.lower():
+            raise SaliconError(f"{weights}: SHA-256 does not match the one recorded for model {text!r}; the "
+                               f"weights file is corrupt or was replaced (reinstall the package)")
+        net = Path(prototxt) if prototxt is not None else prototxt_path(record.prototxt or "salicon.prototxt")
+        return ModelSpec(text, weights, net, record)
+    weights = Path(model)
+    net = Path(prototxt) if prototxt is not None else prototxt_path()
+    return ModelSpec(None, weights, net, read_record(weights) if weights.is_file() else None)
 
 
 def file_sha256(path: PathLike) -> str:
@@ -135,5 +216,5 @@ def model_metadata(path: PathLike) -> dict[str, str]:
     return read_safetensors_metadata(path) if is_safetensors(path) else {}
 
 
-__all__ = ["OUTPUT_BLOB", "DEFAULT_MODEL", "ModelRecord", "shipped_file", "prototxt_path", "default_model_path", "record_path",
+__all__ = ["DEFAULT_MODEL_NAME", "ModelSpec", "model_records", "resolve_model", "read_record_file", "OUTPUT_BLOB", "DEFAULT_MODEL", "ModelRecord", "shipped_file", "prototxt_path", "default_model_path", "record_path",
            "read_record", "file_sha256", "model_metadata"]

@@ -19,8 +19,10 @@ HxWx3 or HxW arrays of any size.
 """
 from __future__ import annotations
 
+import contextlib
+import types
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -32,15 +34,43 @@ except ImportError as exc:  # an optional extra: say how to install it
     raise ImportError(f"salicon.pysaliency needs pysaliency ({exc}); install it with "
                       f"pip install \"salicon[pysaliency]\" (or: pip install pysaliency \"setuptools<81\")") from None
 
-if not hasattr(np, "trapz"):  # pysaliency's AUC calls np.trapz, which NumPy 2.4 removed; same function
-    np.trapz = np.trapezoid
-
 from .evaluate import center_bias, read_split
 from .fixations import OSIE_SIGMA
 from .metrics import EPS
 from .model import Salicon
 from .postprocess import log_density, to_probability
 from .types import PathLike
+
+
+class _NumpyWithTrapz(types.ModuleType):
+    """NumPy as pysaliency's ROC code expects it: ``trapz`` (removed in NumPy 2.4)
+    is ``trapezoid``, the same function; everything else is NumPy's own."""
+
+    def __init__(self):
+        super().__init__("numpy")
+        self.trapz = np.trapezoid
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+
+@contextlib.contextmanager
+def _pysaliency_roc_with_trapz() -> Iterator[None]:
+    """For the length of a call, pysaliency's ``general_roc`` (plain Python; it
+    calls ``np.trapz``) runs as a copy that sees :class:`_NumpyWithTrapz` as its
+    ``np``; NumPy itself is left untouched, so is pysaliency after the call."""
+    from pysaliency import saliency_map_models as smm
+
+    original = smm.general_roc
+    if hasattr(np, "trapz") or not isinstance(original, types.FunctionType):
+        yield
+        return
+    smm.general_roc = types.FunctionType(original.__code__, {**original.__globals__, "np": _NumpyWithTrapz()},
+                                         original.__name__, original.__defaults__, original.__closure__)
+    try:
+        yield
+    finally:
+        smm.general_roc = original
 
 
 def _salicon(salicon: Salicon | None, model: PathLike | None, options: dict) -> Salicon:
@@ -71,6 +101,20 @@ class SaliconSaliencyMapModel(pysaliency.SaliencyMapModel):
 
     def _saliency_map(self, stimulus: np.ndarray) -> np.ndarray:
         return self.salicon.compute_saliency(np.asarray(stimulus)).astype(np.float64)
+
+    # pysaliency's ROC-based metrics, runnable on NumPy 2.4 (see _pysaliency_roc_with_trapz); AUC_Judd
+    # wraps this model in another, so each entry point sets the copy up for its whole call.
+    def AUC_per_image(self, *args, **kwargs):  # noqa: N802 (pysaliency's names)
+        with _pysaliency_roc_with_trapz():
+            return super().AUC_per_image(*args, **kwargs)
+
+    def AUC(self, *args, **kwargs):  # noqa: N802
+        with _pysaliency_roc_with_trapz():
+            return super().AUC(*args, **kwargs)
+
+    def AUC_Judd(self, *args, **kwargs):  # noqa: N802
+        with _pysaliency_roc_with_trapz():
+            return super().AUC_Judd(*args, **kwargs)
 
 
 class SaliconModel(pysaliency.Model):

@@ -261,9 +261,7 @@ class SaliencyService:
         try:
             return load_image(data, as_float=False, max_pixels=self.max_pixels, name=name)
         except ImageTooLargeError as exc:
-            raise RequestError(413, str(exc).replace("--max-pixels (max_pixels=)", "salicon serve --max-pixels")
-                                           .replace("raise it with", "the server's operator can raise it with")
-                               ) from None
+            raise RequestError(413, exc.describe("salicon serve --max-pixels", who="the server's operator")) from None
         except ImageError as exc:
             raise RequestError(415, f"{exc}. Supported: {', '.join(IMAGE_FORMATS)}") from None
 

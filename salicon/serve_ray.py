@@ -14,6 +14,7 @@ replicas, so a download may be served by any of them.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -23,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import runtimes
+from .config import SaliconConfig
 from .errors import SaliconError
 from .serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, RequestError, Result, ResultCache
 
@@ -39,7 +42,7 @@ class ServeOptions:
     """How the API runs on Ray Serve: each replica's model and service, and the
     replicas (``replicas`` fixed, or autoscaled between ``min_replicas`` and
     ``max_replicas``)."""
-    salicon: dict[str, Any] = field(default_factory=dict)   # Salicon(**salicon) in each replica
+    config: SaliconConfig = field(default_factory=SaliconConfig)   # each replica's model, given whole
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     batch_size: int | None = None
@@ -85,12 +88,8 @@ def serve_dependencies_missing() -> str | None:
 def replica_resources(options: ServeOptions, cluster: dict[str, float]) -> dict[str, float]:
     """Ray resources of one replica: a GPU each where the model runs on GPUs,
     else an equal share of the cluster's CPUs (or ``replica_cpus``)."""
-    device = str(options.salicon.get("device", "auto"))
-    gpus = cluster.get("GPU", 0)
-    on_gpu = device.startswith("cuda") or (device == "auto" and gpus >= 1
-                                           and options.salicon.get("precision") != "int8")
-    if device.startswith("cuda") and gpus < 1:
-        raise ServeError(f"--device {device}: the Ray cluster has no GPU")
+    config = options.config
+    on_gpu = runtimes.worker_device(config.runtime, config.precision, config.device, cluster.get("GPU", 0)) == "cuda"
     if on_gpu:
         return {"num_gpus": 1, "num_cpus": options.replica_cpus or 1}
     share = options.replica_cpus or max(1.0, math.floor(cluster.get("CPU", 1) / options.most_replicas))
@@ -146,7 +145,7 @@ class SaliconReplica:
 
         if threads:
             torch.set_num_threads(threads)
-        model = Salicon(**options.salicon)
+        model = Salicon(config=options.config)
         context = serve.get_replica_context()
         self.service = SaliencyService(model, max_pixels=options.max_pixels,
                                        max_upload_bytes=options.max_upload_bytes, batch_size=options.batch_size,
@@ -200,7 +199,10 @@ def run_on_ray(options: ServeOptions, on_ready=None) -> None:
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, _interrupt)
     try:
-        resources = replica_resources(options, ray.cluster_resources())
+        cluster = ray.cluster_resources()
+        # Decided once, here, for every replica: auto precision and runtime for the cluster's hardware.
+        options = dataclasses.replace(options, config=options.config.resolved(gpus=cluster.get("GPU", 0)))
+        resources = replica_resources(options, cluster)
         app = build_application(options, resources)
         serve.start(http_options={"host": options.host, "port": options.port,
                                   "request_timeout_s": options.request_timeout_s})

@@ -155,7 +155,7 @@ class Trainer:
         loss_layers = [lp for lp in self.net.layer_params.values() if set(lp.top) & set(self.loss_tops)]
         self.map_blob = loss_layers[0].bottom[0] if loss_layers else None
         if self.engine == "caffe":
-            from .caffe_engine import CaffeSolverBackend, check_layer_files
+            from .runtimes.caffe import CaffeSolverBackend, check_layer_files
             check_layer_files(net_path, self.net.layer_files)
             self.python_layers = {name: dataclasses.replace(info, implementation="caffe")
                                   for name, info in self.python_layers.items()}

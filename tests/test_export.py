@@ -16,7 +16,7 @@ from salicon.export import export_caffemodel, export_onnx, load_test_net
 from salicon.pretrained import default_model_path
 
 from .conftest import ROOT
-from .test_caffe_engine import needs_caffe, needs_caffe_memory
+from .test_runtimes_caffe import needs_caffe, needs_caffe_memory
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
 
@@ -52,7 +52,7 @@ def test_exported_caffemodel_holds_the_shipped_weights_in_float32(tmp_path, smal
 
 @needs_caffe
 def test_real_caffe_runs_the_exported_caffemodel_with_the_same_maps(tmp_path, small_prototxt, monkeypatch):
-    from salicon.caffe_engine import CaffeNet
+    from salicon.runtimes.caffe import CaffeNet
     paths = export_caffemodel(tmp_path / "export", prototxt=small_prototxt)
     monkeypatch.syspath_prepend(str(tmp_path / "export"))
     caffe_net = CaffeNet(paths["prototxt"], paths["caffemodel"])
@@ -68,7 +68,7 @@ def test_real_caffe_runs_the_exported_caffemodel_with_the_same_maps(tmp_path, sm
 @needs_caffe_memory
 @pytest.mark.slow
 def test_real_caffe_runs_the_full_size_export(tmp_path):
-    from salicon.caffe_engine import CaffeNet
+    from salicon.runtimes.caffe import CaffeNet
     paths = export_caffemodel(tmp_path / "export")
     caffe_net = CaffeNet(paths["prototxt"], paths["caffemodel"])
     net = load_test_net()

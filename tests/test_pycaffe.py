@@ -15,7 +15,7 @@ import salicon.pycaffe as caffe
 from salicon.engine import Net as EngineNet
 
 from .conftest import ROOT, randomise
-from .test_caffe_engine import needs_caffe
+from .test_runtimes_caffe import needs_caffe
 
 SCRIPTS = ROOT / "tests" / "pycaffe_scripts"
 
@@ -148,7 +148,7 @@ def _feed(net, seed: int = 2) -> None:
 def test_backward_with_start_and_end_as_in_caffe(tiny_train_prototxt, tmp_path, forced):
     """Partial and whole backward passes, diffs given for the outputs, frozen
     layers and (without force_backward) the data blobs left alone: as real Caffe."""
-    from salicon.caffe_engine import import_caffe
+    from salicon.runtimes.caffe import import_caffe
 
     real = import_caffe()
     weights = tmp_path / "he.caffemodel"  # O(1) activations: diffs far above float32 rounding everywhere
@@ -184,7 +184,7 @@ def test_backward_with_start_and_end_as_in_caffe(tiny_train_prototxt, tmp_path, 
 
 @needs_caffe
 def test_backward_from_given_top_diffs_as_in_caffe(small_prototxt, small_model, tmp_path):
-    from salicon.caffe_engine import import_caffe
+    from salicon.runtimes.caffe import import_caffe
 
     real = import_caffe()
     proto = _with_force_backward(small_prototxt, tmp_path)
@@ -209,7 +209,7 @@ def test_backward_from_given_top_diffs_as_in_caffe(small_prototxt, small_model, 
 @needs_caffe
 def test_solver_leaves_the_update_in_diff_and_runs_test_nets_as_caffe(tiny_solver, tiny_train_prototxt, tmp_path,
                                                                     capsys):
-    from salicon.caffe_engine import import_caffe
+    from salicon.runtimes.caffe import import_caffe
 
     real = import_caffe()
     _, weights = tiny_solver

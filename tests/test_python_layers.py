@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from salicon.config import SaliconConfig
 import torch
 from google.protobuf import text_format
 from PIL import Image
@@ -25,7 +27,7 @@ from salicon.errors import NetError
 from salicon.proto import caffe_pb2
 
 from .conftest import ROOT, randomise
-from .test_caffe_engine import needs_caffe
+from .test_runtimes_caffe import needs_caffe
 
 MODULES = ("CustomData", "custom_interpolation_layer")
 SCRIPTS = ROOT / "tests" / "pycaffe_scripts"
@@ -380,7 +382,7 @@ def test_published_style_backward_trains_as_in_caffe(layer_dir, small_train_prot
     in a file: 5 SGD steps of real Caffe and of the engine (salicon.pycaffe's solver) agree blob by
     blob; the project's exact adjoint, forced in its place, does not."""
     import salicon.pycaffe as engine
-    from salicon.caffe_engine import import_caffe
+    from salicon.runtimes.caffe import import_caffe
 
     real_caffe = import_caffe()
     (layer_dir / "custom_interpolation_layer.py").write_text(ZOOM_DOWN_INTERPOLATION)
@@ -442,8 +444,8 @@ def test_ray_actors_run_the_layer_file_the_driver_resolved(layer_dir, small_prot
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         report = predict_on_ray([Item(str(photo), "photo")], str(tmp_path / "out"),
-                                RayOptions(model_path=str(small_model), prototxt=str(small_prototxt), device="cpu",
-                                           postprocess="none", progress=False),
+                                RayOptions(SaliconConfig(model=str(small_model), prototxt=str(small_prototxt),
+                                                         device="cpu", postprocess="none"), progress=False),
                                 spec=OutputSpec(npy=True))
     finally:
         if started:

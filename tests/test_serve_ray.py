@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 from salicon import Salicon
+from salicon.config import SaliconConfig
+from salicon.errors import OptionError
 from salicon.serve_ray import ServeError, ServeOptions, replica_resources
 
 from .conftest import ROOT
@@ -25,15 +27,19 @@ REPLICA = "ServeReplica:salicon:SaliconReplica"
 
 
 def test_replica_resources_share_cpus_or_take_a_gpu_each():
-    cpu = ServeOptions(salicon={"device": "auto"}, replicas=2)
+    cpu = ServeOptions(config=SaliconConfig(device="auto"), replicas=2)
     assert replica_resources(cpu, {"CPU": 8}) == {"num_cpus": 4}
     assert replica_resources(cpu, {"CPU": 2, "GPU": 2}) == {"num_gpus": 1, "num_cpus": 1}
-    assert replica_resources(ServeOptions(salicon={"device": "cpu"}, replicas=3), {"CPU": 2, "GPU": 1}) == \
+    assert replica_resources(ServeOptions(config=SaliconConfig(device="cpu"), replicas=3), {"CPU": 2, "GPU": 1}) == \
         {"num_cpus": 1}
-    scaled = ServeOptions(salicon={}, min_replicas=1, max_replicas=4, replica_cpus=0.5)
+    scaled = ServeOptions(min_replicas=1, max_replicas=4, replica_cpus=0.5)
     assert replica_resources(scaled, {"CPU": 16}) == {"num_cpus": 0.5}
-    with pytest.raises(ServeError, match="no GPU"):
-        replica_resources(ServeOptions(salicon={"device": "cuda"}), {"CPU": 4})
+    with pytest.raises(OptionError, match="device cuda: the Ray cluster has no GPU"):
+        replica_resources(ServeOptions(config=SaliconConfig(device="cuda")), {"CPU": 4})
+    # OpenVINO and ONNX Runtime (CPU build) replicas take CPUs even on a GPU cluster, at any precision.
+    for runtime, precision in (("openvino", "fp32"), ("openvino", "int8"), ("auto", "int8")):
+        options = ServeOptions(config=SaliconConfig(runtime=runtime, precision=precision), replicas=2)
+        assert replica_resources(options, {"CPU": 8, "GPU": 2}) == {"num_cpus": 4}
 
 
 @pytest.mark.parametrize("fields, message", [({"replicas": 0}, "at least 1"),

@@ -30,8 +30,11 @@ LAYERS = {
     "salicon.engine.python_layers": 5,
     "salicon.engine.net": 5, "salicon.engine.fast": 5, "salicon.engine": 5, "salicon.pretrained": 5, "salicon.data": 5,
     # 6: what runs on the engine
-    "salicon.solver": 6, "salicon.caffe_engine": 6, "salicon.evaluate": 6, "salicon.weights": 6,
-    "salicon.export": 6, "salicon.openvino_engine": 6,
+    "salicon.solver": 6, "salicon.evaluate": 6, "salicon.weights": 6, "salicon.export": 6,
+    # the runtimes and their registry, and the one configuration that names a model and a runtime
+    "salicon.runtimes": 6, "salicon.runtimes.base": 6, "salicon.runtimes.pytorch": 6,
+    "salicon.runtimes.openvino": 6, "salicon.runtimes.onnxruntime": 6, "salicon.runtimes.caffe": 6,
+    "salicon.config": 6,
     # 7: the model
     "salicon.model": 7,
     # 8: applications of the model
@@ -41,7 +44,7 @@ LAYERS = {
     "salicon.webapp": 9, "salicon.serve_ray": 9,
     # 10: the command line
     "salicon.cli.options": 10, "salicon.cli.predict": 10, "salicon.cli.evaluate": 10, "salicon.cli.train": 10,
-    "salicon.cli.serve": 10, "salicon.cli.export": 10, "salicon.cli": 10,
+    "salicon.cli.serve": 10, "salicon.cli.models": 10, "salicon.cli.export": 10, "salicon.cli": 10,
     # 11: the package's front door
     "salicon": 11, "salicon.__main__": 11,
 }

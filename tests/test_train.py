@@ -159,7 +159,7 @@ def test_cli_train_and_finetune_script(setup, tmp_path):
 
 
 def test_train_on_caffe_engine(setup):
-    from salicon.caffe_engine import caffe_available
+    from salicon.runtimes.caffe import caffe_available
     if not caffe_available():
         pytest.skip("pycaffe not importable; build it with scripts/install_caffe.sh")
     result = train(setup("caffe", max_iter=4, engine="caffe"), progress=False, log=lambda m: None)
@@ -194,9 +194,17 @@ def test_bad_data_leaves_no_output_folder(tmp_path, setup):
     assert not (tmp_path / "never").exists()
 
 
-def test_ctrl_c_snapshots_without_validation_and_exits_130(setup, tmp_path, monkeypatch):
-    import os
+def press_ctrl_c() -> None:
+    """What Python does on Ctrl-C: the SIGINT handler in place runs in the main
+    thread. Called directly rather than sent with os.kill, so the signal cannot
+    land on a thread of a native library loaded by earlier tests in this process."""
     import signal
+    handler = signal.getsignal(signal.SIGINT)
+    assert callable(handler), "training installs its own SIGINT handler"
+    handler(signal.SIGINT, None)
+
+
+def test_ctrl_c_snapshots_without_validation_and_exits_130(setup, tmp_path, monkeypatch):
     from salicon import train as train_module
     cfg = setup("interrupted")
     validations = []
@@ -205,7 +213,7 @@ def test_ctrl_c_snapshots_without_validation_and_exits_130(setup, tmp_path, monk
     def step(self, feeds, read=True):
         loss = original_step(self, feeds, read)
         if self.iter == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C during step 2
+            press_ctrl_c()  # the user presses Ctrl-C during step 2
         return loss
     monkeypatch.setattr(train_module._TorchBackend, "step", step)
     original_validate = train_module.Trainer.validate
@@ -221,8 +229,6 @@ def test_ctrl_c_snapshots_without_validation_and_exits_130(setup, tmp_path, monk
 
 
 def test_second_ctrl_c_stops_at_once(setup, tmp_path, monkeypatch):
-    import os
-    import signal
     from salicon import train as train_module
     cfg = setup("twice", snapshot=1)
     original_step = train_module._TorchBackend.step
@@ -230,8 +236,8 @@ def test_second_ctrl_c_stops_at_once(setup, tmp_path, monkeypatch):
     def step(self, feeds, read=True):
         loss = original_step(self, feeds, read)
         if self.iter == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)  # impatient: a second Ctrl-C before the step ends
+            press_ctrl_c()
+            press_ctrl_c()  # impatient: a second Ctrl-C before the step ends
         return loss
     monkeypatch.setattr(train_module._TorchBackend, "step", step)
     code = main(["train", "--data", cfg.data, "--out", cfg.out, "--solver", cfg.solver, "--weights", cfg.weights,

@@ -17,7 +17,7 @@ import sys
 from typing import Sequence
 
 from .._version import __version__
-from . import evaluate, export, predict, serve, train
+from . import evaluate, export, models, predict, serve, train
 from .options import HelpFormatter, error
 
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     serve.add_parser(sub)
     export.add_parsers(sub)
+    models.add_parser(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--name", help="file name stem of the .caffemodel (default: the model's)")
     p.set_defaults(func=cmd_export_caffemodel)
 
-    p = subcommand(sub, "export-onnx", "write the model as an ONNX graph (onnxruntime, TensorRT, ...)",
+    p = subcommand(sub, "export-onnx", "write the model as an ONNX graph (ONNX Runtime, TensorRT, ...)",
                    "Write the test net with its weights as ONNX (float32; inputs fine_scale "
                    "and coarse_scale at the prototxt's sizes, dynamic batch; output "
                    "saliency_map_out, the raw 38x50 map). Inputs are the preprocessed blobs: "

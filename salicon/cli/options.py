@@ -14,6 +14,8 @@ from ..image import DEFAULT_MAX_PIXELS
 INPUT_SCALES = {"published": 1.0 / 255.0, "vgg": 1.0}
 #: Marker for --fast, turned into the shipped salicon_fast.prototxt's path when used.
 FAST_PROTOTXT = "salicon_fast.prototxt"
+#: The registered model --fast stands for when no --model is given.
+FAST_MODEL = "salicon_osie_fast"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -153,15 +155,17 @@ def add_out(p: argparse.ArgumentParser, metavar: str, what: str, required: bool 
 
 def add_model(p: argparse.ArgumentParser, fast: bool = True) -> None:
     """--model and --prototxt (with its shorthand --fast)."""
-    p.add_argument("--model", help="trained weights, .caffemodel or .safetensors "
-                                   "(default: the shipped pretrained model, SALICON trained on OSIE)")
+    p.add_argument("--model", help="a registered model's name (salicon models lists them) or trained weights, "
+                                   ".caffemodel or .safetensors (default: salicon_osie, the shipped pretrained "
+                                   "model, SALICON trained on OSIE)")
     if not fast:
         p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
         return
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
     group.add_argument("--fast", dest="prototxt", action="store_const", const=FAST_PROTOTXT,
-                       help="half the input sizes (600x800 / 300x400, prototxt/salicon_fast.prototxt): "
+                       help="the model salicon_osie_fast: half the input sizes (600x800 / 300x400, "
+                            "prototxt/salicon_fast.prototxt; with --model FILE, that file at these sizes): "
                             "about 4x less arithmetic but less accurate maps with the shipped model "
                             "(OSIE test NSS 2.02 against 2.71; see the README)")
 
@@ -181,12 +185,15 @@ def add_engine(p: argparse.ArgumentParser, engine_help: str, inference: bool = T
                precision: str = "auto") -> None:
     """--device, --engine, --precision (default ``precision``), --input-scale and, for inference, --runtime."""
     p.add_argument("--device", default="auto", type=device, help="auto, cpu, cuda or cuda:N")
+    from .. import runtimes
+
     p.add_argument("--engine", default="auto", choices=["auto", "pytorch", "caffe"], help=engine_help)
     if inference:
-        p.add_argument("--runtime", default="auto", choices=["auto", "pytorch", "openvino"],
-                       help="where the net runs: pytorch (CPU or GPU) or openvino (CPU; pip install openvino); "
-                            "auto: openvino for int8, else pytorch")
-        p.add_argument("--precision", default=precision, choices=["auto", "fp32", "tf32", "bf16", "int8"],
+        auto_for = ", ".join(f"{r.name} for {'/'.join(r.auto_for)}" for r in runtimes.available().values()
+                             if r.auto_for)
+        p.add_argument("--runtime", default="auto", choices=["auto", *runtimes.names()],
+                       help=f"where the net runs: {runtimes.help_text()}; auto: {auto_for}")
+        p.add_argument("--precision", default=precision, choices=["auto", *runtimes.precisions()],
                        help="numerics: fp32 (exact, Caffe-equal), tf32 (GPU), bf16, int8 (OpenVINO on the CPU, "
                             "the model's quantized file: 3.6x faster than fp32 on 2 cores, maps CC >= 0.999 "
                             "with fp32), or auto: int8 on a CPU where the model has an int8 file (the shipped "
@@ -251,35 +258,41 @@ class UsageError(ValueError):
     """Options that do not go together (int8 on PyTorch, real Caffe with OpenVINO): exit status 2."""
 
 
-def salicon_options(args: argparse.Namespace, **overrides) -> dict:
-    """The ``Salicon`` keyword arguments the arguments describe (--model,
-    --prototxt/--fast, --device, --engine, --runtime, --precision,
-    --input-scale and, where the subcommand has them, --resize, --max-pixels,
-    --postprocess); ``overrides`` win. Options that do not go together raise
-    UsageError."""
-    from ..device import resolve_runtime
+def salicon_config(args: argparse.Namespace, **overrides):
+    """The :class:`~salicon.config.SaliconConfig` the arguments describe (--model,
+    --prototxt/--fast, --device, --engine, --runtime, --precision, --input-scale
+    and, where the subcommand has them, --resize, --max-pixels, --postprocess,
+    --variants, --python-layers); ``overrides`` win. Options that do not go
+    together raise UsageError, phrased with the flags."""
+    from ..config import SaliconConfig
+    from ..errors import OptionError
+    from ..runtimes import resolve
 
-    try:
-        resolve_runtime(args.runtime, "fp32" if args.precision == "auto" else args.precision, args.engine)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if getattr(args, "precision", None) == "int8" and args.prototxt == FAST_PROTOTXT and args.model is None:
+    fast = args.prototxt == FAST_PROTOTXT
+    if getattr(args, "precision", None) == "int8" and fast and args.model is None:
         raise UsageError("--precision int8 runs the shipped model's int8 file, made for the full-size net; --fast "
                          "runs other input sizes: use --fast with --precision fp32 or bf16, or int8 without --fast")
-    options = {"model": args.model, "prototxt": prototxt_arg(args), "device": args.device, "engine": args.engine,
-               "precision": args.precision, "runtime": args.runtime, "input_scale": args.input_scale}
+    options = {"model": FAST_MODEL if fast and args.model is None else args.model,
+               "prototxt": prototxt_arg(args) if not (fast and args.model is None) else None,
+               "device": args.device, "engine": args.engine, "precision": args.precision,
+               "runtime": getattr(args, "runtime", "auto"), "input_scale": args.input_scale}
     for name in ("resize", "max_pixels", "postprocess", "variants", "python_layers"):
         if hasattr(args, name):
             options[name] = getattr(args, name)
     options.update(overrides)
-    return options
+    try:
+        config = SaliconConfig.from_options(**options)
+        resolve(config.runtime, "fp32" if config.precision == "auto" else config.precision)
+    except OptionError as exc:
+        raise UsageError(exc.describe(flag)) from None
+    return config
 
 
 def build_salicon(args: argparse.Namespace, **overrides):
-    """The ``Salicon`` the arguments describe (see :func:`salicon_options`)."""
+    """The ``Salicon`` the arguments describe (see :func:`salicon_config`)."""
     from ..model import Salicon
 
-    return Salicon(**salicon_options(args, **overrides))
+    return Salicon(config=salicon_config(args, **overrides))
 
 
 def ray_problem(args: argparse.Namespace, address: str | None, dependencies_missing, single: str) -> int | None:
@@ -299,17 +312,35 @@ def ray_problem(args: argparse.Namespace, address: str | None, dependencies_miss
     return None
 
 
+def flag(name: str) -> str:
+    """The command-line spelling of the option a Python name stands for."""
+    return "--" + name.replace("_", "-")
+
+
+def phrase(exc: BaseException) -> str:
+    """An error's message as the command line says it: options as flags."""
+    from ..errors import ImageTooLargeError, OptionError
+
+    if isinstance(exc, ImageTooLargeError):
+        return exc.describe("--max-pixels")
+    if isinstance(exc, OptionError):
+        return exc.describe(flag)
+    return str(exc)
+
+
 def model_problem(exc: Exception) -> int:
     """Report a model that cannot be built: a bad file, or a post-processing this
     model cannot give (its syntax was checked with the arguments), exit status 1;
     options that do not go together, exit status 2."""
     from ..postprocess import PostProcessError
 
-    error(f"--postprocess: {exc}" if isinstance(exc, PostProcessError) else str(exc))
-    return 2 if isinstance(exc, UsageError) else 1
+    from ..errors import OptionError
+
+    error(f"--postprocess: {exc}" if isinstance(exc, PostProcessError) else phrase(exc))
+    return 2 if isinstance(exc, (UsageError, OptionError)) else 1
 
 
-__all__ = ["subcommand", "HelpFormatter", "build_salicon", "salicon_options", "model_problem", "ray_problem", "error",
+__all__ = ["phrase", "flag", "subcommand", "HelpFormatter", "build_salicon", "salicon_config", "model_problem", "ray_problem", "error",
            "plural", "add_out", "add_model",
            "add_engine", "add_postprocess", "add_max_pixels", "add_quiet", "prototxt_arg", "positive_int",
            "non_negative_int", "positive_float", "whole_number", "duration", "max_pixels", "input_scale",

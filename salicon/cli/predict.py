@@ -23,7 +23,7 @@ from ..inputs import Item, is_uri, list_inputs
 from ..outputs import (MAP_FORMATS, STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder,
                        find_clashes, remove_empty_folders, write_map)
 from .options import (add_engine, add_max_pixels, add_model, add_out, add_postprocess, add_quiet, build_salicon, error,
-                      model_problem, plural, positive_int, prototxt_arg, ray_problem, subcommand)
+                      model_problem, phrase, plural, positive_int, ray_problem, salicon_config, subcommand)
 
 #: What --ray accepts as a cluster address (anything else after --ray is an input).
 RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+)$")
@@ -218,7 +218,7 @@ def _run(model, items: list[Item], args: argparse.Namespace, spec: OutputSpec, c
             bar.update(1)
             if isinstance(result, Exception):
                 counts.add(None)
-                report(item.source, str(result))
+                report(item.source, phrase(result))
                 continue
             pending.append((item.source, writer.submit(write_map, store, item.stem, result, spec,
                                                        image_of(item.source))))
@@ -236,12 +236,6 @@ def _ray_problem(args: argparse.Namespace) -> int | None:
     problem = ray_problem(args, _address(args), ray_dependencies_missing, "single-process predict")
     if problem is not None:
         return problem
-    from ..device import resolve_runtime
-    try:
-        resolve_runtime(args.runtime, "fp32" if args.precision == "auto" else args.precision)
-    except ValueError as exc:
-        error(str(exc))
-        return 2
     return None
 
 
@@ -253,12 +247,9 @@ def _predict_on_ray(args: argparse.Namespace, items: list[Item], spec: OutputSpe
                     created: list) -> int:
     from ..batch import RayOptions, predict_on_ray
 
-    options = RayOptions(model_path=args.model, prototxt=prototxt_arg(args), address=_address(args),
-                         actors=args.actors, batch_size=args.batch_size, device=args.device,
-                         precision=args.precision, runtime=args.runtime, input_scale=args.input_scale,
-                         resize=args.resize, postprocess=args.postprocess, max_pixels=args.max_pixels,
-                         progress=not args.quiet, variants=args.variants, python_layers=args.python_layers)
     try:
+        options = RayOptions(config=salicon_config(args), address=_address(args), actors=args.actors,
+                             batch_size=args.batch_size, progress=not args.quiet)
         report = predict_on_ray(items, args.out, options, spec=spec)
     except (SaliconError, ValueError) as exc:
         remove_empty_folders(created)

@@ -14,7 +14,7 @@ import sys
 from ..errors import SaliconError
 from ..serve import DEFAULT_MAX_PIXELS
 from .options import (add_engine, add_max_pixels, add_model, add_postprocess, build_salicon, error, model_problem,
-                      non_negative_int, positive_float, positive_int, ray_problem, salicon_options, subcommand,
+                      non_negative_int, positive_float, positive_int, ray_problem, phrase, salicon_config, subcommand,
                       whole_number)
 
 
@@ -128,7 +128,7 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
         return 1
     try:
         options = ServeOptions(
-            salicon=_checked_salicon_options(args), max_pixels=args.max_pixels,
+            config=_checked_config(args), max_pixels=args.max_pixels,
             max_upload_bytes=int(args.max_upload_mb * 1e6), batch_size=args.batch_size, max_queue=args.queue,
             replicas=args.replicas or 1, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
             replica_cpus=args.replica_cpus, host=args.host, port=args.port,
@@ -154,26 +154,21 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except (SaliconError, ConnectionError) as exc:
-        error(str(exc))
+        error(phrase(exc))
         return 1
     return 0
 
 
-def _checked_salicon_options(args: argparse.Namespace) -> dict:
-    """Each replica's Salicon arguments (absolute paths: replicas run elsewhere),
-    after the driver has read the files once (no forward pass) so bad ones are
-    reported before any cluster work. Precision "auto" is left to each replica's
-    hardware."""
-    from pathlib import Path
-
+def _checked_config(args: argparse.Namespace):
+    """Each replica's configuration, resolved here (absolute paths, the Python layer
+    files on this machine's sys.path, shipped with the replicas) after the driver
+    has built the model once on its CPU (no forward pass), so bad files are reported
+    before any cluster work. Precision "auto" is decided for the cluster's hardware
+    when it is known (:func:`salicon.serve_ray.run_on_ray`)."""
     from ..model import Salicon
-    from ..pretrained import default_model_path, prototxt_path
 
-    options = salicon_options(args)
-    options["model"] = str(Path(options["model"] or default_model_path()).resolve())
-    options["prototxt"] = str(Path(options["prototxt"] or prototxt_path()).resolve())
-    checked = Salicon(**{**options, "device": "cpu", "precision": "fp32", "runtime": "pytorch", "variants": ""})
-    # The replicas run the Python layer files resolved here (on this machine's sys.path), shipped with them.
-    options["python_layers"], options["layer_files"] = checked.python_layers_mode, checked.layer_files
-    del checked
-    return options
+    config = salicon_config(args)
+    files = config.replace(precision="fp32", runtime="pytorch", variants="").resolved()
+    Salicon(config=files.replace(device="cpu"))
+    return config.replace(model=files.model, prototxt=files.prototxt, python_layers=files.python_layers,
+                          layer_files=files.layer_files, name=files.name)

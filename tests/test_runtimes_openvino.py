@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from salicon import Salicon
-from salicon.device import resolve_runtime
+from salicon.config import SaliconConfig
+from salicon.runtimes import resolve
 from salicon.errors import EngineError, FormatError, SaliconError
 from salicon.metrics import cc
 
@@ -36,7 +37,7 @@ def photo() -> np.ndarray:
 def small_int8(tmp_path_factory, small_model, small_prototxt):
     """The small net quantized with NNCF on 4 random images, recorded beside a copy of its weights."""
     pytest.importorskip("nncf", reason="NNCF is not installed (pip install nncf); it makes int8 models")
-    from salicon.openvino_engine import quantize_int8, record_int8
+    from salicon.runtimes.openvino import quantize_int8, record_int8
 
     folder = tmp_path_factory.mktemp("int8")
     weights = folder / "small.caffemodel"
@@ -52,6 +53,12 @@ def small_int8(tmp_path_factory, small_model, small_prototxt):
     return weights
 
 
+def resolve_runtime(runtime: str, precision: str, engine: str = "auto") -> str:
+    """The runtime a configuration resolves to, as the registry and SaliconConfig decide it."""
+    config = SaliconConfig.from_options(runtime=runtime, precision=precision, engine=engine)
+    return resolve(config.runtime, precision).name
+
+
 def test_runtime_follows_precision_and_refuses_what_does_not_exist():
     assert resolve_runtime("auto", "int8") == "openvino" and resolve_runtime("auto", "bf16") == "pytorch"
     assert resolve_runtime("openvino", "fp32") == "openvino" and resolve_runtime("auto", "fp32", "caffe") == "caffe"
@@ -60,7 +67,7 @@ def test_runtime_follows_precision_and_refuses_what_does_not_exist():
                                               ("auto", "int8", "caffe", "engine 'caffe' runs pycaffe in fp32"),
                                               ("openvino", "fp32", "caffe", "runtime 'openvino' is for the "
                                                                             "PyTorch engine's net \\(choose one"),
-                                              ("tpu", "fp32", "auto", "runtime must be one of"),
+                                              ("tpu", "fp32", "auto", "runtime must be 'auto' or one of"),
                                               ("auto", "int4", "auto", "precision must be 'auto' or one of")):
         with pytest.raises(ValueError, match=words) as info:
             resolve_runtime(runtime, precision, engine)
@@ -79,7 +86,7 @@ def test_fp32_on_openvino_equals_pytorch_and_bf16_stays_close(small_model, small
 
 
 def test_conversion_is_cached(small_model, small_prototxt):
-    from salicon.openvino_engine import cache_folder
+    from salicon.runtimes.openvino import cache_folder
 
     Salicon(small_model, small_prototxt, runtime="openvino", device="cpu")
     cached = sorted(cache_folder().glob("*.xml"))
@@ -178,7 +185,7 @@ def test_cli_options_and_usage_errors(small_int8, small_prototxt, tmp_path, caps
     assert cc(np.load(tmp_path / "o8" / "a.npy"), np.load(tmp_path / "o32" / "a.npy")) >= 0.95
     capsys.readouterr()
     for extra, words in ((["--engine", "caffe", "--precision", "int8"], "engine 'caffe' runs pycaffe in fp32"),
-                         (["--runtime", "pytorch", "--precision", "int8"], "int8 runs on runtime 'openvino'")):
+                         (["--runtime", "pytorch", "--precision", "int8"], "int8 runs on --runtime 'openvino'")):
         assert main(["predict", str(tmp_path / "a.png"), "-o", str(tmp_path / "x"), *extra, *common]) == 2
         assert words in capsys.readouterr().err
 

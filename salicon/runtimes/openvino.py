@@ -9,19 +9,17 @@ Only the ``openvino`` package is needed at run time.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from ._version import __version__
-from .errors import EngineError, FormatError
-from .types import PathLike
+from ..errors import EngineError, FormatError
+from ..types import PathLike
+from .base import NetConfig, Runtime, cache_folder, conversion_key
 
 OPENVINO_HINT = "pip install openvino (or pip install -e \".[openvino]\")"
 #: Precisions OpenVINO runs, and the CPU plugin's inference precision for each
@@ -46,33 +44,18 @@ def openvino_available() -> bool:
     return True
 
 
-def cache_folder() -> Path:
-    """Where converted models are kept: $SALICON_CACHE, else ~/.cache/salicon."""
-    root = os.environ.get("SALICON_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "salicon"
-    return Path(root) / "openvino"
-
-
-def _conversion_key(prototxt: PathLike, weights: PathLike) -> str:
-    from .pretrained import file_sha256
-
-    digest = hashlib.sha256()
-    for part in (Path(prototxt).read_bytes(), file_sha256(weights).encode(), __version__.encode()):
-        digest.update(part)
-    return digest.hexdigest()[:24]
-
-
 def convert_net(prototxt: PathLike, weights: PathLike):
     """The test net of ``prototxt`` with ``weights`` as an OpenVINO model (float32),
     from the cache when this prototxt and weights file were converted before."""
     ov = import_openvino()
     core = ov.Core()
-    cached = cache_folder() / f"{_conversion_key(prototxt, weights)}.xml"
+    cached = cache_folder() / f"{conversion_key(prototxt, weights)}.xml"
     if cached.is_file() and cached.with_suffix(".bin").is_file():
         try:
             return core.read_model(str(cached))
         except RuntimeError:  # a damaged cache entry: convert again
             pass
-    from .export import export_onnx
+    from ..export import export_onnx
 
     print(f"salicon: converting {Path(weights).name} for OpenVINO (once; cached in {cached.parent})",
           file=sys.stderr, flush=True)
@@ -120,7 +103,7 @@ def quantize_int8(prototxt: PathLike, weights: PathLike, samples: list[dict[str,
     entry: file names and SHA-256s, tool versions and settings."""
     import nncf
 
-    from .pretrained import file_sha256
+    from ..pretrained import file_sha256
 
     ov = import_openvino()
     out = Path(out)
@@ -141,7 +124,7 @@ def record_int8(weights: PathLike, entry: dict) -> Path:
     ``int8`` part of the record beside ``weights``; returns the record's path."""
     import json
 
-    from .pretrained import record_path
+    from ..pretrained import record_path
 
     path = record_path(weights)
     record = json.loads(path.read_text()) if path.is_file() else {"name": Path(weights).stem}
@@ -150,7 +133,7 @@ def record_int8(weights: PathLike, entry: dict) -> Path:
         entry = {**entry, "scores": old["scores"]}  # the same file: its measured scores still hold
     record["int8"] = entry
     text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
-    from .outputs import atomic_write_bytes
+    from ..outputs import atomic_write_bytes
     atomic_write_bytes(path, text.encode("utf-8"))
     return path
 
@@ -178,8 +161,8 @@ class OpenVINONet:
             if precision != "bf16":
                 raise FormatError(f"{source}: OpenVINO cannot compile this model ({_reason(exc)})") from None
             # No bfloat16 kernels for some layer on this CPU: the model still runs, in fp32.
-            warnings.warn(f"OpenVINO cannot run {Path(source).name} in bf16 on this CPU ({_reason(exc)}); "
-                          f"running it in fp32", stacklevel=3)
+            print(f"salicon: warning: OpenVINO cannot run {Path(source).name} in bf16 on this CPU "
+                  f"({_reason(exc)}); running it in fp32", file=sys.stderr)
             self.precision = "fp32"
             self.compiled = core.compile_model(model, "CPU", {**config, "INFERENCE_PRECISION_HINT": "f32"})
 
@@ -213,5 +196,64 @@ def _static_shape(port, source: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
-__all__ = ["OPENVINO_HINT", "PRECISIONS", "OpenVINONet", "convert_net", "read_ir", "quantize_int8", "record_int8", "import_openvino",
-           "openvino_available", "cache_folder"]
+class OpenVINORuntime(Runtime):
+    name = "openvino"
+    precisions = ("fp32", "bf16", "int8")
+    auto_for = ("int8",)
+    summary = "OpenVINO on the CPU (fp32, bf16, int8: the model's quantized file)"
+    install = OPENVINO_HINT
+
+    def missing(self) -> str | None:
+        try:
+            import_openvino()
+        except EngineError as exc:
+            return str(exc)
+        return None
+
+    def load(self, config: NetConfig, device):
+        """The model's int8 file, an OpenVINO model given as the model, or the
+        weights converted (fp32, bf16)."""
+        import torch
+
+        from ..engine import Net
+        from ..pretrained import OUTPUT_BLOB
+
+        model = Path(config.model)
+        threads = torch.get_num_threads()
+        if model.suffix.lower() == ".xml" or config.precision == "int8":
+            source = model if model.suffix.lower() == ".xml" else int8_file(model)
+            net = OpenVINONet(read_ir(source), config.precision, threads=threads, source=str(source))
+            shapes = Net(config.prototxt, phase="test", python_layers=config.python_layers,
+                         layer_files=config.layer_files).input_shapes
+            net.check_net(shapes, OUTPUT_BLOB if OUTPUT_BLOB in net.outputs else net.outputs[0])
+            return net
+        return OpenVINONet(convert_net(config.prototxt, model), config.precision, threads=threads,
+                           source=str(model))
+
+
+def int8_file(model: PathLike) -> Path:
+    """The quantized OpenVINO model recorded for the weights file ``model``
+    (``int8.file`` of its record), checked against the record's hashes."""
+    from ..errors import SaliconError
+    from ..pretrained import file_sha256, read_record, record_path
+
+    record = read_record(model, verify=False)
+    entry = (record.meta.get("int8") if record else None) or {}
+    if not entry.get("file"):
+        raise SaliconError(f"{model}: no int8 model is recorded for it; make one with "
+                           f"python scripts/quantize_int8.py --model {model}, or give the "
+                           f"quantized .xml file as the model")
+    path = Path(model).parent / entry["file"]
+    for part, digest in ((path, entry.get("sha256")), (path.with_suffix(".bin"), entry.get("bin_sha256"))):
+        if digest and part.is_file() and file_sha256(part) != digest:
+            raise SaliconError(f"{part}: its SHA-256 does not match the one recorded in "
+                               f"{record_path(model)}; the int8 model file is "
+                               f"truncated, damaged or was replaced; run with precision 'fp32' (--precision "
+                               f"fp32: the exact net, no int8 file needed) or reinstall the package")
+    return path
+
+
+RUNTIME = OpenVINORuntime()
+
+__all__ = ["OpenVINORuntime", "RUNTIME", "int8_file", "OPENVINO_HINT", "PRECISIONS", "OpenVINONet", "convert_net", "read_ir", "quantize_int8", "record_int8", "import_openvino",
+           "openvino_available", "cache_folder", "conversion_key"]

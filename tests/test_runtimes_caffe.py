@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from salicon import Salicon
-from salicon.caffe_engine import CaffeNet, caffe_available
+from salicon.runtimes.caffe import CaffeNet, caffe_available
 from salicon.engine import Net
 from salicon.errors import EngineError
 from salicon.solver import Solver, read_solver

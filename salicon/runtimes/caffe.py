@@ -15,11 +15,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import formats
-from .engine import Net
-from .engine.python_layers import PROJECT_LAYERS_DIR, LayerFile, find_layer_file
-from .errors import EngineError
-from .types import PathLike
+from .. import formats
+from ..engine import Net
+from ..engine.python_layers import PROJECT_LAYERS_DIR, LayerFile, find_layer_file
+from ..errors import EngineError
+from ..types import PathLike
+from .base import NetConfig, Runtime
 
 INSTALL_HINT = ("build it with `bash scripts/install_caffe.sh` (Debian/Ubuntu; CPU only), "
                 "or install a pycaffe built with WITH_PYTHON_LAYER=1")
@@ -206,3 +207,26 @@ class CaffeSolverBackend:
 
     def restore(self, state) -> None:
         self.solver.restore(str(state))
+
+
+class CaffeRuntime(Runtime):
+    name = "caffe"
+    precisions = ("fp32",)
+    summary = "real Caffe through pycaffe, CPU, fp32 (what --engine caffe selects)"
+    install = INSTALL_HINT
+    runs_host_layers = True  # Caffe imports and runs every Python layer file itself
+
+    def missing(self) -> str | None:
+        try:
+            import_caffe()
+        except EngineError as exc:
+            return str(exc)
+        return None
+
+    def load(self, config: NetConfig, device):
+        return CaffeNet(config.prototxt, config.model, layer_files=config.layer_files)
+
+
+RUNTIME = CaffeRuntime()
+
+__all__ = ["CaffeRuntime", "RUNTIME", "CaffeNet", "CaffeSolverBackend", "check_layer_files", "import_caffe", "caffe_available", "set_params", "INSTALL_HINT"]
