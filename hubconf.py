@@ -41,3 +41,27 @@ def salicon_net(pretrained: bool = True, prototxt: str | None = None, device: st
     if pretrained:
         net.copy_from(default_model_path(), strict=True)
     return net.eval()
+
+
+def _registered_entry(name: str):
+    def entry(weights: str | None = None, **kwargs):
+        from salicon import Salicon
+
+        return Salicon(weights or name, **kwargs)
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = (f"The registered model {name!r} (models/{name}.json) as a ready :class:`salicon.Salicon`; "
+                     f"arguments as :func:`salicon_osie`.")
+    return entry
+
+
+def _add_registered_models() -> None:
+    """One entry point per registered model (``salicon models``) not defined above."""
+    try:
+        from salicon.pretrained import model_records
+    except ImportError:  # the package's own dependencies are missing: torch.hub names them
+        return
+    for name in model_records():
+        globals().setdefault(name, _registered_entry(name))
+
+
+_add_registered_models()
