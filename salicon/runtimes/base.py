@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Protocol
 
 from .._version import __version__
+from ..errors import EngineError
 from ..types import PathLike
 
 
@@ -76,8 +77,15 @@ class Runtime(ABC):
         """Device types its workers on a cluster can use (default: as here)."""
         return self.devices()
 
+    def check_installed(self) -> None:
+        """Raise EngineError, naming the install command, when what it needs is absent."""
+
     def missing(self) -> str | None:
         """Why it cannot run here (a package is absent, with the install command), or None."""
+        try:
+            self.check_installed()
+        except EngineError as exc:
+            return str(exc)
         return None
 
     @abstractmethod

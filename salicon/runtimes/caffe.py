@@ -216,12 +216,8 @@ class CaffeRuntime(Runtime):
     install = INSTALL_HINT
     runs_host_layers = True  # Caffe imports and runs every Python layer file itself
 
-    def missing(self) -> str | None:
-        try:
-            import_caffe()
-        except EngineError as exc:
-            return str(exc)
-        return None
+    def check_installed(self) -> None:
+        import_caffe()
 
     def load(self, config: NetConfig, device):
         return CaffeNet(config.prototxt, config.model, layer_files=config.layer_files)

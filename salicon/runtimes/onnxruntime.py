@@ -84,12 +84,8 @@ class ONNXRuntimeRuntime(Runtime):
             return ("cpu",)
         return ("cpu", "cuda") if "CUDAExecutionProvider" in providers else ("cpu",)
 
-    def missing(self) -> str | None:
-        try:
-            import_onnxruntime()
-        except EngineError as exc:
-            return str(exc)
-        return None
+    def check_installed(self) -> None:
+        import_onnxruntime()
 
     def load(self, config: NetConfig, device) -> ONNXRuntimeNet:
         import torch

@@ -203,12 +203,8 @@ class OpenVINORuntime(Runtime):
     summary = "OpenVINO on the CPU (fp32, bf16, int8: the model's quantized file)"
     install = OPENVINO_HINT
 
-    def missing(self) -> str | None:
-        try:
-            import_openvino()
-        except EngineError as exc:
-            return str(exc)
-        return None
+    def check_installed(self) -> None:
+        import_openvino()
 
     def load(self, config: NetConfig, device):
         """The model's int8 file, an OpenVINO model given as the model, or the
