@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -269,12 +269,15 @@ def connect_ray(address: str | None, num_cpus: int | None = None, log_to_driver:
 
 
 def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOptions(), *,
-                   spec: OutputSpec = OutputSpec(), **fields: Any) -> BatchReport:
+                   spec: OutputSpec = OutputSpec(), on_failure: Callable[[str], None] | None = None,
+                   **fields: Any) -> BatchReport:
     """Compute and write the saliency maps of ``items`` below ``out`` with Ray Data.
 
     ``options`` (or its fields as keywords: ``device="cpu"``, ...) say how; see
     :class:`RayOptions`. Images whose outputs exist are skipped;
-    ``OUT/manifest.csv`` records every image's status.
+    ``OUT/manifest.csv`` records every image's status. ``on_failure(message)``
+    is called for each image that fails, as it fails (the progress bar kept
+    intact); the report lists them all at the end.
     """
     from .model import Salicon
 
@@ -302,7 +305,8 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
     report.skipped = len(items) - len(todo)
     statuses: dict[str, tuple[str, str]] = {it.stem: ("done before", "") for it in items if it.stem in done}
     if todo:
-        report.actors, report.device = _run_pipeline(todo, out, pre, post, options, spec, statuses, report)
+        report.actors, report.device = _run_pipeline(todo, out, pre, post, options, spec, statuses, report,
+                                                     on_failure)
     for it in items:
         status, message = statuses.get(it.stem, ("failed", "lost: no status came back from the cluster"))
         if status == "written":
@@ -342,7 +346,8 @@ def _quiet_ray_data() -> None:
 
 
 def _run_pipeline(todo: list[Item], out: str, pre: PreprocessSpec, post, options: RayOptions, spec: OutputSpec,
-                  statuses: dict[str, tuple[str, str]], report: BatchReport) -> tuple[int, str]:
+                  statuses: dict[str, tuple[str, str]], report: BatchReport,
+                  on_failure: Callable[[str], None] | None = None) -> tuple[int, str]:
     use_token_auth(options.address)
     import ray
     import ray.data
@@ -373,8 +378,9 @@ def _run_pipeline(todo: list[Item], out: str, pre: PreprocessSpec, post, options
     for row in ds.iter_rows():
         status = "written" if row["status"] == "ok" else "failed"
         statuses[str(row["stem"])] = (status, str(row["message"]))
-        if status == "failed":
-            bar.write(f"salicon: error: {row['message']}", file=sys.stderr)
+        if status == "failed" and on_failure is not None:
+            with tqdm.external_write_mode(file=sys.stderr):
+                on_failure(str(row["message"]))
         bar.update(1)
     bar.close()
     return n_actors, actor_device

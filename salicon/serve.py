@@ -42,8 +42,10 @@ from .model import Salicon
 from .postprocess import PostProcessError
 from .pretrained import shipped_file
 
-#: Default limits of a server: images up to 50 megapixels, uploads up to 50 MB.
-DEFAULT_MAX_PIXELS = 50_000_000
+#: Default limits of a server: images up to 50 megapixels, uploads up to 50 MB. The pixel limit is
+#: the server's own, lower than the decoding default (image.DEFAULT_MAX_PIXELS): a server refuses
+#: what a user may accept on their own machine.
+UPLOAD_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 WEB_EXTRA_HINT = "pip install -e \".[web]\" (or pip install \"salicon[web]\")"
 
@@ -208,7 +210,7 @@ class SaliencyService:
     bounds memory whatever the number of clients.
     """
 
-    def __init__(self, model: Salicon, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    def __init__(self, model: Salicon, *, max_pixels: int | None = UPLOAD_MAX_PIXELS,
                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, batch_size: int | None = None,
                  max_queue: int = 16, prepare_slots: int = 2, cache: ResultCache | None = None):
         self.model = model
@@ -297,4 +299,4 @@ def web_dependencies_missing() -> str | None:
 
 
 __all__ = ["SaliencyService", "InferenceWorker", "ResultCache", "RequestError", "shipped_examples",
-           "web_dependencies_missing", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES"]
+           "web_dependencies_missing", "UPLOAD_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES"]

@@ -27,7 +27,7 @@ from typing import Any
 from . import runtimes
 from .config import SaliconConfig
 from .errors import SaliconError
-from .serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, RequestError, Result, ResultCache
+from .serve import UPLOAD_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, RequestError, Result, ResultCache
 
 SERVE_EXTRA_HINT = "pip install -e \".[serve]\" (or pip install \"salicon[serve]\")"
 APP_NAME = "salicon"
@@ -43,7 +43,7 @@ class ServeOptions:
     replicas (``replicas`` fixed, or autoscaled between ``min_replicas`` and
     ``max_replicas``)."""
     config: SaliconConfig = field(default_factory=SaliconConfig)   # each replica's model, given whole
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = UPLOAD_MAX_PIXELS
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     batch_size: int | None = None
     max_queue: int = 16

@@ -31,7 +31,7 @@ from .errors import SaliconError
 from .fixations import OSIE_SIGMA
 from .outputs import atomic_write
 from .preprocess import PUBLISHED_INPUT_SCALE, image_to_blob, resize_chw
-from .pretrained import file_sha256, prototxt_path
+from .pretrained import file_sha256, prototxt_path, resolve_model
 from .solver import MultiTensorSolver, Solver, learning_rate, read_solver, solver_net_path
 
 TARGET_BLOB = "ground_truth"
@@ -140,8 +140,10 @@ class Trainer:
         if TARGET_BLOB not in self.net.input_shapes:
             raise TrainingError(f"{net_path}: the train net needs an input blob '{TARGET_BLOB}'")
         self.target_size = tuple(self.net.input_shapes[TARGET_BLOB][-2:])
-        if config.weights and not config.resume:
-            self.net.copy_from(config.weights, strict=False)
+        #: The weights file training starts from (a registered model's name is its weights file).
+        self.weights = str(resolve_model(config.weights).weights) if config.weights else None
+        if self.weights and not config.resume:
+            self.net.copy_from(self.weights, strict=False)
         if self.out.exists() and not self.out.is_dir():
             raise TrainingError(f"--out {self.out}: exists and is not a folder")
         self.train_set, self.test_set = self.load_data()
@@ -160,7 +162,7 @@ class Trainer:
             self.python_layers = {name: dataclasses.replace(info, implementation="caffe")
                                   for name, info in self.python_layers.items()}
             self.backend = CaffeSolverBackend(self.solver_param, net_path, self.prefix, self.out, self.loss_tops,
-                                              None if config.resume else config.weights)
+                                              None if config.resume else self.weights)
             del self.net
         else:
             if self.device.type == "cuda":

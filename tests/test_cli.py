@@ -402,3 +402,13 @@ def test_int8_with_fast_is_a_usage_error_naming_fast(tmp_path, capsys):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
     assert main(["predict", str(image), "-o", str(tmp_path / "o"), "--fast", "--precision", "int8"]) == 2
     assert "--fast runs other input sizes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--runtime", "pytorch", "--precision", "int8"],
+                                   ["--engine", "caffe", "--runtime", "openvino"],
+                                   ["--decode", "processes", "--ray"]])
+def test_combination_errors_print_the_usage_line_and_exit_2(extra, tmp_path, capsys):
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: salicon predict") and "salicon: error: --" in err

@@ -319,3 +319,19 @@ def test_log_header_and_snapshot_records_say_which_python_layer_files_ran(setup)
     native = train(setup("native", max_iter=1), progress=False, log=lambda m: None)
     header = json.loads((native.final_model.parent / "log.jsonl").read_text().splitlines()[0])
     assert header["python_layers"]["custom_interpolation_layer"]["implementation"] == "native:BilinearInterpolation"
+
+
+def test_weights_may_be_a_registered_models_name(tmp_path, small_train_prototxt):
+    from salicon.pretrained import default_model_path
+    data = make_data(tmp_path / "named_data", n=2)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(SOLVER.format(net=small_train_prototxt, lr=1e-3, snapshot=0))
+    trainer = Trainer(TrainConfig(data=str(data), out=str(tmp_path / "named"), solver=str(solver),
+                                  weights="salicon_osie", device="cpu", test=1, seed=3), log=lambda m: None)
+    assert trainer.weights == str(default_model_path())
+    shipped, _ = formats.read_weights(default_model_path())
+    np.testing.assert_array_equal(trainer.net.params["conv1_1"][0].detach().numpy(),
+                                  np.asarray(shipped["conv1_1"][0], np.float32))
+    with pytest.raises(Exception, match="no such registered model"):
+        Trainer(TrainConfig(data=str(data), out=str(tmp_path / "typo"), solver=str(solver), weights="salicon_osei",
+                            device="cpu"), log=lambda m: None)

@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    # The subcommand's usage line, printed before a usage error found after parsing (options that do not go together).
+    args.usage = parser._subparsers._group_actions[0].choices[args.command].format_usage()
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import SaliconError
 from ..metrics import METRICS
-from .options import (add_engine, add_model, add_out, add_postprocess, add_quiet, build_salicon, error, model_problem,
+from .options import (usage_error, add_engine, add_model, add_out, add_postprocess, add_quiet, build_salicon, error, model_problem,
                       positive_int, subcommand)
 
 
@@ -70,11 +70,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else list(METRICS)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        error(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-        return 2
+        return usage_error(args, f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     if args.model and args.saliency_maps:
-        error("give --model or --saliency-maps, not both")
-        return 2
+        return usage_error(args, "give --model or --saliency-maps, not both")
     try:
         dataset = open_dataset(args.dataset)
         names = _names(args, dataset)
@@ -89,7 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               model_name=model_names, seed=args.seed, progress=bar.update,
                               on_error=lambda m: bar.write(f"salicon: error: {m}", file=sys.stderr))
     except (SaliconError, DataError, ValueError, OSError) as exc:
-        return model_problem(exc)
+        return model_problem(exc, args)
     status = _check_result(result, args, model_names if predict is not None else [])
     if status is None:
         return 1

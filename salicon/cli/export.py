@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import SaliconError
-from .options import add_model, add_out, error, subcommand
+from .options import usage_error, add_model, add_out, error, subcommand
 
 
 def add_parsers(sub) -> None:
@@ -47,8 +47,7 @@ def cmd_init_weights(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.resolve() == Path(args.vgg16).resolve():
-        error("-o must differ from --vgg16")
-        return 2
+        return usage_error(args, "-o must differ from --vgg16")
     if out.is_dir():
         error(f"-o {out}: is a folder; give the .caffemodel file to write")
         return 1

@@ -24,6 +24,15 @@ def error(message: str) -> None:
     print(f"salicon: error: {message}", file=sys.stderr)
 
 
+def usage_error(args: argparse.Namespace, message: str) -> int:
+    """Report options that do not go together as argparse reports a usage error:
+    the subcommand's usage line, then the message; exit status 2."""
+    if getattr(args, "usage", None):
+        print(args.usage, end="", file=sys.stderr)
+    error(message)
+    return 2
+
+
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     """'1 image', '2 images'."""
     return f"{count} {noun if count == 1 else (plural_form or noun + 's')}"
@@ -307,8 +316,7 @@ def ray_problem(args: argparse.Namespace, address: str | None, dependencies_miss
         error(missing)
         return 1
     if args.engine == "caffe":
-        error(f"--ray runs the PyTorch engine; --engine caffe is for {single}")
-        return 2
+        return usage_error(args, f"--ray runs the PyTorch engine; --engine caffe is for {single}")
     return None
 
 
@@ -328,19 +336,23 @@ def phrase(exc: BaseException) -> str:
     return str(exc)
 
 
-def model_problem(exc: Exception) -> int:
+def model_problem(exc: Exception, args: argparse.Namespace | None = None) -> int:
     """Report a model that cannot be built: a bad file, or a post-processing this
     model cannot give (its syntax was checked with the arguments), exit status 1;
-    options that do not go together, exit status 2."""
+    options that do not go together, exit status 2, after the subcommand's usage
+    line (as argparse reports a usage error)."""
     from ..postprocess import PostProcessError
 
     from ..errors import OptionError
 
+    usage = isinstance(exc, (UsageError, OptionError))
+    if usage and getattr(args, "usage", None):
+        print(args.usage, end="", file=sys.stderr)
     error(f"--postprocess: {exc}" if isinstance(exc, PostProcessError) else phrase(exc))
-    return 2 if isinstance(exc, (UsageError, OptionError)) else 1
+    return 2 if usage else 1
 
 
-__all__ = ["phrase", "flag", "subcommand", "HelpFormatter", "build_salicon", "salicon_config", "model_problem", "ray_problem", "error",
+__all__ = ["usage_error", "phrase", "flag", "subcommand", "HelpFormatter", "build_salicon", "salicon_config", "model_problem", "ray_problem", "error",
            "plural", "add_out", "add_model",
            "add_engine", "add_postprocess", "add_max_pixels", "add_quiet", "prototxt_arg", "positive_int",
            "non_negative_int", "positive_float", "whole_number", "duration", "max_pixels", "input_scale",

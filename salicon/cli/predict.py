@@ -22,7 +22,7 @@ from ..image import DEFAULT_MAX_PIXELS, load_image
 from ..inputs import Item, is_uri, list_inputs
 from ..outputs import (MAP_FORMATS, STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder,
                        find_clashes, remove_empty_folders, write_map)
-from .options import (add_engine, add_max_pixels, add_model, add_out, add_postprocess, add_quiet, build_salicon, error,
+from .options import (usage_error, add_engine, add_max_pixels, add_model, add_out, add_postprocess, add_quiet, build_salicon, error,
                       model_problem, phrase, plural, positive_int, ray_problem, salicon_config, subcommand)
 
 #: What --ray accepts as a cluster address (anything else after --ray is an input).
@@ -136,8 +136,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         spec = _spec(args)
     except ValueError as exc:
-        error(str(exc))
-        return 2
+        return usage_error(args, str(exc))
     prepared = _prepare(args, spec, local_only=args.ray is None)
     if isinstance(prepared, int):
         return prepared
@@ -149,8 +148,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _local_problem(args: argparse.Namespace) -> int | None:
     for name, default in _RAY_ONLY.items():
         if getattr(args, name) != default:
-            error(f"--{name.replace('_', '-')} applies to --ray jobs only")
-            return 2
+            return usage_error(args, f"--{name.replace('_', '-')} applies to --ray jobs only")
     return None
 
 
@@ -160,12 +158,11 @@ def _predict_here(args: argparse.Namespace, items: list[Item], spec: OutputSpec,
         model = build_salicon(args)
     except (SaliconError, ValueError) as exc:
         remove_empty_folders(created)
-        return model_problem(exc)
+        return model_problem(exc, args)
     from ..decode import gpu_decode_problem
     if args.decode == "gpu" and (problem := gpu_decode_problem(model.device)):
         remove_empty_folders(created)
-        error(f"--decode gpu: {problem}")
-        return 2
+        return usage_error(args, f"--decode gpu: {problem}")
     if args.verbose:
         for line in describe_model(model):
             print(f"salicon: {line}", file=sys.stderr)
@@ -231,8 +228,7 @@ def _ray_problem(args: argparse.Namespace) -> int | None:
     from ..batch import ray_dependencies_missing
 
     if args.decode != "threads" or args.workers:
-        error("--decode and --workers apply to single-process predict; --ray jobs decode on Ray's CPU workers")
-        return 2
+        return usage_error(args, "--decode and --workers apply to single-process predict; --ray jobs decode on Ray's CPU workers")
     problem = ray_problem(args, _address(args), ray_dependencies_missing, "single-process predict")
     if problem is not None:
         return problem
@@ -250,10 +246,10 @@ def _predict_on_ray(args: argparse.Namespace, items: list[Item], spec: OutputSpe
     try:
         options = RayOptions(config=salicon_config(args), address=_address(args), actors=args.actors,
                              batch_size=args.batch_size, progress=not args.quiet)
-        report = predict_on_ray(items, args.out, options, spec=spec)
+        report = predict_on_ray(items, args.out, options, spec=spec, on_failure=error)
     except (SaliconError, ValueError) as exc:
         remove_empty_folders(created)
-        return model_problem(exc)
+        return model_problem(exc, args)
     if not args.quiet:
         line = (f"{report.written} written, {report.skipped} already done, {len(report.failed)} failed "
                 f"of {plural(report.total, 'image')} in {report.seconds:.1f} s")

@@ -12,8 +12,8 @@ import argparse
 import sys
 
 from ..errors import SaliconError
-from ..serve import DEFAULT_MAX_PIXELS
-from .options import (add_engine, add_max_pixels, add_model, add_postprocess, build_salicon, error, model_problem,
+from ..serve import UPLOAD_MAX_PIXELS
+from .options import (usage_error, add_engine, add_max_pixels, add_model, add_postprocess, build_salicon, error, model_problem,
                       non_negative_int, positive_float, positive_int, ray_problem, phrase, salicon_config, subcommand,
                       whole_number)
 
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     add_model(p)
     add_engine(p, "pytorch (auto) or real Caffe through pycaffe (CPU)")
     add_postprocess(p, extra="; used unless a request names one")
-    add_max_pixels(p, DEFAULT_MAX_PIXELS, "the server's limit")
+    add_max_pixels(p, UPLOAD_MAX_PIXELS, "the server's limit")
     p.add_argument("--max-upload-mb", type=positive_float, default=50.0, help="refuse larger uploads (MB)")
     p.add_argument("--batch-size", type=positive_int,
                    help="most images per forward pass (default: 8 on a GPU, 1 on the CPU)")
@@ -61,8 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_on_ray(args)
     for name, default in _RAY_ONLY.items():
         if getattr(args, name) != default:
-            error(f"--{name.replace('_', '-')} applies to salicon serve --ray only")
-            return 2
+            return usage_error(args, f"--{name.replace('_', '-')} applies to salicon serve --ray only")
     from ..serve import SaliencyService, web_dependencies_missing
     from ..webapp import run_server
 
@@ -77,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         model = build_salicon(args)
     except (SaliconError, ValueError) as exc:
-        return model_problem(exc)
+        return model_problem(exc, args)
     service = SaliencyService(model, max_pixels=args.max_pixels, max_upload_bytes=int(args.max_upload_mb * 1e6),
                               batch_size=args.batch_size, max_queue=args.queue)
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
@@ -112,13 +111,11 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
     address = None if args.ray == "local" else args.ray
     # Usage errors first: they need neither Ray nor the model.
     if args.replicas is not None and args.max_replicas is not None:
-        error("give --replicas (a fixed number) or --min-replicas/--max-replicas (autoscaling), not both")
-        return 2
+        return usage_error(args, "give --replicas (a fixed number) or --min-replicas/--max-replicas (autoscaling), not both")
     try:
         ServeOptions(replicas=args.replicas or 1, min_replicas=args.min_replicas, max_replicas=args.max_replicas)
     except ServeError as exc:
-        error(str(exc))
-        return 2
+        return usage_error(args, str(exc))
     problem = ray_problem(args, address, serve_dependencies_missing, "the single-process server")
     if problem is not None:
         return problem
@@ -134,10 +131,9 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
             replica_cpus=args.replica_cpus, host=args.host, port=args.port,
             request_timeout_s=args.request_timeout, address=address)
     except ServeError as exc:
-        error(str(exc))
-        return 2
+        return usage_error(args, str(exc))
     except (SaliconError, ValueError) as exc:
-        return model_problem(exc)
+        return model_problem(exc, args)
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
 
     def ready(resources: dict) -> None:

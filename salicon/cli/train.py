@@ -25,9 +25,9 @@ def add_parser(sub) -> None:
     add_out(p, "OUT", "output folder (snapshots, split, log)")
     p.add_argument("--solver", help="solver prototxt (default: prototxt/solver.prototxt)")
     p.add_argument("--prototxt", help="train net (default: the solver's `net`)")
-    p.add_argument("--weights", help="start from these weights, .caffemodel or .safetensors (untrained.caffemodel "
-                                     "from init-weights, or a trained model such as the shipped "
-                                     "models/salicon_osie.safetensors to fine-tune)")
+    p.add_argument("--weights", help="start from these weights: a registered model's name (salicon_osie, to "
+                                     "fine-tune the shipped model; salicon models lists them) or a .caffemodel or "
+                                     ".safetensors file (untrained.caffemodel from init-weights)")
     p.add_argument("--resume", metavar="STATE", help="continue from a .solverstate")
     p.add_argument("--time-limit", type=duration, default="2.5h",
                    help="stop after this long (seconds, or with s/m/h)")
