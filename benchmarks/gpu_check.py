@@ -44,15 +44,6 @@ BUDGETS = {"forward": 75, "end_to_end": 40, "train": 30, "serve": 30, "ray": 25}
 #: training gets room for both updates' set-up, forward's first rows (the ones checked) take
 #: about 6 s, and a local Ray job's start and shutdown up to 20 s on a slow machine).
 SMALL_BUDGETS = {"forward": 10, "end_to_end": 6, "train": 7, "serve": 9, "ray": 24}
-#: Forward variants measured (the names of salicon.engine.fast's switches they turn on).
-VARIANT_ROWS = {"plain": "", "channels_last": "channels_last", "fuse_relu": "fuse_relu",
-                "cast_weights": "cast_weights", "cuda_graphs": "cuda_graphs",
-                "fast": "channels_last,fuse_relu,cast_weights,cuda_graphs",
-                "compile": "compile,channels_last,cast_weights"}
-#: In which order (variant, precision) rows run, so that a budget running out costs the least
-#: telling rows: the plain baselines, then bf16 and tf32 (the bar's), then fp32; compile last in each.
-ROW_ORDER = ([("plain", p) for p in ("fp32", "tf32", "bf16")]
-             + [(v, p) for p in ("bf16", "tf32", "fp32") for v in VARIANT_ROWS if v != "plain"])
 #: What the bar asks of an H100/H200 (img/s or steps/s).
 BAR = {"forward_bf16": 300, "forward_tf32": 150, "predict": 250, "train": 120}
 
@@ -112,7 +103,7 @@ def finish_child(args, part: str, child: tuple[subprocess.Popen, float, float]) 
 
 
 def run_part(args) -> int:
-    import gpu_check_parts as parts  # beside this file
+    import gpu_check_parts as parts  # beside this file (its rows and parts; it imports nothing from here)
 
     ctx = parts.Context(device=args.device, small=args.small, budget=args.budget,
                         out=args.out / f".{args.part}.json")

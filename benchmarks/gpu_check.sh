@@ -5,8 +5,9 @@
 # Needs python3 and PyTorch only: the repository is put on PYTHONPATH here, nothing is installed.
 # PYTHON=... picks the interpreter (default python3). Writes OUT_DIR/gpu_check.json.
 set -euo pipefail
-if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-    echo "usage: bash benchmarks/gpu_check.sh OUT_DIR [--device cpu] [--small] [--parts forward,...]" >&2
+# Options may come before or after OUT_DIR (gpu_check.py's own parser reads them).
+if [ $# -lt 1 ]; then
+    echo "usage: bash benchmarks/gpu_check.sh [--device cpu] [--small] [--parts forward,...] OUT_DIR" >&2
     exit 2
 fi
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -19,7 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpu_check import ROOT, ROW_ORDER, VARIANT_ROWS
+ROOT = Path(__file__).resolve().parent.parent
+#: Forward variants measured (the names of salicon.engine.fast's switches they turn on).
+VARIANT_ROWS = {"plain": "", "channels_last": "channels_last", "fuse_relu": "fuse_relu",
+                "cast_weights": "cast_weights", "cuda_graphs": "cuda_graphs",
+                "fast": "channels_last,fuse_relu,cast_weights,cuda_graphs",
+                "compile": "compile,channels_last,cast_weights"}
+#: In which order (variant, precision) rows run, so that a budget running out costs the least
+#: telling rows: the plain baselines, then bf16 and tf32 (the bar's), then fp32; compile last in each.
+ROW_ORDER = ([("plain", p) for p in ("fp32", "tf32", "bf16")]
+             + [(v, p) for p in ("bf16", "tf32", "fp32") for v in VARIANT_ROWS if v != "plain"])
 
 OUTPUT = "saliency_map_out"
 #: The small edited net of --small: every size divided by 20 (pool5 2x3).

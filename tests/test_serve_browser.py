@@ -154,6 +154,21 @@ def test_page_in_a_real_browser(browser, server_url, tmp_path):
     d.save_screenshot(str(ARTIFACTS / "serve_page_error.png"))
     assert httpx.get(f"{server_url}/api/health", timeout=10).json()["status"] == "ok"
 
+    # A photo whose name is outside Latin-1 (Chinese, an accented letter, an emoji): drawn and offered for
+    # download under its own name (RFC 6266 filename*), with an ASCII fallback for old clients.
+    unicode_photo = tmp_path / "漢字ü 😀.jpg"
+    unicode_photo.write_bytes(EXAMPLE.read_bytes())
+    d.find_element(By.ID, "file-input").send_keys(str(unicode_photo))
+    wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-name") == unicode_photo.name
+               and d.find_element(By.ID, "result").get_attribute("data-state") == "ready")
+    assert d.find_element(By.ID, "result-name").text == unicode_photo.name
+    assert not d.find_element(By.ID, "error").is_displayed()
+    download = httpx.get(d.find_element(By.ID, "download-map-png").get_attribute("href"), timeout=60)
+    assert download.status_code == 200 and download.content[:8] == b"\x89PNG\r\n\x1a\n"
+    disposition = download.headers["content-disposition"]
+    assert "filename*=UTF-8''" in disposition and disposition.isascii()
+    d.save_screenshot(str(ARTIFACTS / "serve_page_unicode_name.png"))
+
     # The page names the formats the server decodes (its own list, from /api/health).
     from salicon.image import IMAGE_FORMATS
     limits = d.find_element(By.ID, "limits").text
