@@ -41,8 +41,8 @@ def check_precision(precision: str) -> str:
 
 @contextlib.contextmanager
 def precision_context(precision: str, device: torch.device) -> Iterator[None]:
-    """Numerics for a forward pass: fp32 (no TF32), tf32, or bf16 autocast."""
-    check_precision(precision)
+    """Numerics for a forward pass: fp32 (no TF32), tf32, or bf16 autocast (``precision``
+    was checked when the model's configuration was made, not on every forward)."""
     if precision == "bf16":
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield

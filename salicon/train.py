@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .data import PreparedSample, open_dataset, prepare, split_names
-from .device import precision_context, resolve_device
+from .device import check_precision, precision_context, resolve_device
 from .engine import Net
 from .errors import SaliconError
 from .fixations import OSIE_SIGMA
@@ -125,6 +125,7 @@ class Trainer:
         if net_path is None:
             net_path = prototxt_path("finetune_salicon.prototxt")
         self.net_path = net_path
+        check_precision(config.precision)  # once, here: not on every step
         if config.update not in UPDATES:
             raise TrainingError(f"update must be one of {', '.join(UPDATES)}, not {config.update!r}")
         if config.engine not in ("auto", "pytorch", "caffe"):

@@ -4,6 +4,7 @@ the parsed arguments in one place."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 
@@ -281,13 +282,13 @@ def salicon_config(args: argparse.Namespace, **overrides):
     if getattr(args, "precision", None) == "int8" and fast and args.model is None:
         raise UsageError("--precision int8 runs the shipped model's int8 file, made for the full-size net; --fast "
                          "runs other input sizes: use --fast with --precision fp32 or bf16, or int8 without --fast")
-    options = {"model": FAST_MODEL if fast and args.model is None else args.model,
-               "prototxt": prototxt_arg(args) if not (fast and args.model is None) else None,
-               "device": args.device, "engine": args.engine, "precision": args.precision,
-               "runtime": getattr(args, "runtime", "auto"), "input_scale": args.input_scale}
-    for name in ("resize", "max_pixels", "postprocess", "variants", "python_layers"):
-        if hasattr(args, name):
-            options[name] = getattr(args, name)
+    # Every config field the subcommand has an option for (the option's dest is the field's name).
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(SaliconConfig) if hasattr(args, f.name)}
+    options["engine"] = args.engine
+    if fast and args.model is None:  # --fast alone is the registered model salicon_osie_fast
+        options.update(model=FAST_MODEL, prototxt=None)
+    elif fast:  # with --model FILE: that file at the fast sizes
+        options["prototxt"] = prototxt_arg(args)
     options.update(overrides)
     try:
         config = SaliconConfig.from_options(**options)
