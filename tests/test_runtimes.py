@@ -183,6 +183,7 @@ def test_models_lists_the_registered_models_and_model_name_runs_them(capsys, pho
     assert dict(fast.net.input_shapes)["fine_scale"][2:] == (600, 800)
     assert main(["predict", str(photo_file), "-o", str(tmp_path / "o"), "--model", "salicon_osie_fast",
                  "--precision", "fp32", "--device", "cpu", "-q", "-v"]) == 0
-    assert "salicon_fast.prototxt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model salicon_osie_fast (" in err and "salicon_fast.prototxt" in err
     assert main(["predict", str(photo_file), "-o", str(tmp_path / "p"), "--model", "no_such_model", "-q"]) == 1
     assert "no such registered model" in capsys.readouterr().err

@@ -177,7 +177,8 @@ def _predict_here(args: argparse.Namespace, items: list[Item], spec: OutputSpec,
 
 def describe_model(model) -> list[str]:
     """What runs: the net's files, runtime, precision, device and each Python layer."""
-    lines = [f"model {model.model_path}, net {model.prototxt_path}",
+    named = f"{model.name} ({model.model_path})" if model.name else str(model.model_path)
+    lines = [f"model {named}, net {model.prototxt_path}",
              f"runtime {model.runtime}, precision {model.precision}, device {model.device}"]
     for name, info in model.python_layers.items():
         lines.append(f"Python layer '{name}': {info.describe()}")
