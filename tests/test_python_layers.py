@@ -473,19 +473,19 @@ def test_predict_verbose_says_which_file_and_implementation_runs(layer_dir, smal
 
 
 def test_serve_on_ray_ships_the_layer_files_the_driver_resolved(layer_dir, small_prototxt, small_model):
-    """Each Ray Serve replica is built from the driver's options: the layer files travel in them."""
-    from salicon.cli.serve import _checked_salicon_options
+    """Each Ray Serve replica is built from the driver's configuration: the layer files travel in it."""
+    from salicon.cli.serve import _checked_config
     from salicon.model import Salicon
 
     (layer_dir / "CustomData.py").write_text(HALVING_DATA)
     args = cli.build_parser().parse_args(["serve", "--model", str(small_model), "--prototxt", str(small_prototxt),
                                           "--device", "cpu"])
-    options = _checked_salicon_options(args)
-    shipped = options["layer_files"]["CustomData"]
+    config = _checked_config(args)
+    shipped = config.layer_files["CustomData"]
     assert shipped.path == str(layer_dir / "CustomData.py") and shipped.source == HALVING_DATA
     sys.modules.pop("CustomData", None)
     (layer_dir / "CustomData.py").unlink()  # a replica elsewhere: the file is not on its path
-    replica = Salicon(**options)
+    replica = Salicon(config=config)
     assert replica.python_layers["FineCustomData"].file == shipped.path
     assert replica.python_layers["FineCustomData"].implementation == "as-written"
 
