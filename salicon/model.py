@@ -267,14 +267,15 @@ class Salicon:
         return self.postprocess(raw[0], size)
 
     def iter_saliency(self, images: Iterable[ImageLike], batch_size: int = 1, workers: int | None = None,
-                      decode: str = "threads") -> Iterator[tuple[int, np.ndarray | Exception]]:
+                      decode: str | None = None) -> Iterator[tuple[int, np.ndarray | Exception]]:
         """Yield ``(index, map)`` for each image, or ``(index, error)`` for one that
         cannot be read, so one bad file does not stop the others. Images are
         decoded in ``workers`` (default: the cores, at most 8) ahead of the net,
         by the ``decode`` method of :mod:`salicon.decode` ("threads", "processes"
-        or "gpu")."""
+        or "gpu"; default: the configuration's ``decode``)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        decode = self.config.decode if decode is None else decode
         if decode not in DECODERS:
             raise ValueError(f"decode must be one of {DECODERS}, not {decode!r}")
         if decode == "gpu" and (problem := gpu_decode_problem(self.input_device)):

@@ -92,6 +92,21 @@ class ModelRecord:
         arch = self.meta.get("architecture") if isinstance(self.meta.get("architecture"), dict) else {}
         return Path(arch["prototxt"]).name if arch.get("prototxt") else None
 
+    @property
+    def input_convention(self) -> dict:
+        """How images become the net's inputs (channel order, mean, scale, resize)."""
+        return dict(self.meta.get("input_convention") or {})
+
+    @property
+    def derived_files(self) -> dict[str, dict]:
+        """Files made from the weights, by kind (``int8``: the quantized OpenVINO model)."""
+        return {kind: dict(self.meta[kind]) for kind in ("int8",) if isinstance(self.meta.get(kind), dict)}
+
+    @property
+    def licence(self) -> dict:
+        """The licences of the model, its training data and its initial weights."""
+        return dict(self.meta.get("licence") or {})
+
     def scores(self) -> dict[str, float]:
         """The model's own test scores (``test_scores.<name>``), metric -> mean."""
         table = self.meta.get("test_scores") if isinstance(self.meta.get("test_scores"), dict) else {}

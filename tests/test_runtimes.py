@@ -187,3 +187,17 @@ def test_models_lists_the_registered_models_and_model_name_runs_them(capsys, pho
     assert "model salicon_osie_fast (" in err and "salicon_fast.prototxt" in err
     assert main(["predict", str(photo_file), "-o", str(tmp_path / "p"), "--model", "no_such_model", "-q"]) == 1
     assert "no such registered model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["serve"], ["evaluate", "--dataset", "osie:nowhere"]])
+def test_model_name_in_serve_and_evaluate(command):
+    from salicon.cli.options import salicon_config
+    args = build_parser().parse_args([*command, "--model", "salicon_osie_fast"])
+    resolved = salicon_config(args).resolved()
+    assert resolved.name == "salicon_osie_fast" and resolved.prototxt.endswith("salicon_fast.prototxt")
+
+
+def test_model_name_in_pysaliency():
+    pysaliency_models = pytest.importorskip("salicon.pysaliency", reason="the pysaliency extra is not installed")
+    model = pysaliency_models.SaliconSaliencyMapModel("salicon_osie_fast", device="cpu")
+    assert model.salicon.name == "salicon_osie_fast" and model.salicon.precision == "fp32"

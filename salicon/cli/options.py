@@ -309,9 +309,14 @@ def ray_problem(args: argparse.Namespace, address: str | None, dependencies_miss
     """The checks before a --ray job or server: the cluster's token (set before
     Ray is imported), the optional dependencies, the engine. An exit status, or
     None when it may start."""
+    import os
+
     from ..batch import use_token_auth
 
     use_token_auth(address)
+    # Lines Ray relays from its own processes (the raylet's at shutdown) come without colour codes,
+    # like the command's own lines; a user's RAY_COLOR_PREFIX wins.
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     missing = dependencies_missing()
     if missing:
         error(missing)
