@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The input resize of ``compute_saliency`` (``preprocess.image_to_inputs``: an
-8-bit photo to the fine and coarse blobs) along the zoom matrices' band against
-the dense matrix products, in one run, steady state (median of --repeat after a
+8-bit photo to the fine and coarse blobs) along the zoom matrices' band, with
+their negligible tails set to zero, against the dense products with the whole
+matrices as before, in one run, steady state (median of --repeat after a
 warm-up), with the largest difference between the two.
 
     python benchmarks/bench_resize.py --json benchmarks/results/resize_2core.json
@@ -40,7 +41,9 @@ def timed(rgb: np.ndarray, sizes, repeat: int) -> tuple[float, list[torch.Tensor
 
 
 def dense_only(self, matrix, device, dtype):
+    """The resize before the band: the whole zoom matrix as it is (its far tails subnormal in float32)."""
     banded_init(self, matrix, device, dtype)
+    self.dense = torch.tensor(matrix, dtype=dtype, device=device)
     self.blocks = []
 
 
