@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_features, write_report  # noqa: E402
+from machine import write_rows  # noqa: E402
 
 import salicon.preprocess as pp  # noqa: E402
 
@@ -71,9 +71,7 @@ def main() -> int:
                          "max_abs_diff": diff})
             print(f"{net:22s} {rows[-1]['photo']:>9s}: banded {rows[-1]['banded_ms']:7.1f} ms, dense "
                   f"{rows[-1]['dense_ms']:7.1f} ms ({rows[-1]['speed_up']:.2f}x), max |diff| {diff:.1e}")
-    write_report(args.json, {"command": "python " + " ".join(sys.argv), "machine": {
-        "cpu": cpu_features(), "threads": torch.get_num_threads(), "torch": torch.__version__},
-        "repeat": args.repeat, "rows": rows})
+    write_rows(args.json, rows, repeat=args.repeat)
     return 0
 
 

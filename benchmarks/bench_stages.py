@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_features, write_report  # noqa: E402
+from machine import write_rows  # noqa: E402
 
 from salicon import Salicon  # noqa: E402
 from salicon.image import load_image  # noqa: E402
@@ -85,9 +84,7 @@ def main() -> int:
             rows.append({"model": label, "runtime": model.runtime, "precision": model.precision,
                          "photo": f"{shape[0]}x{shape[1]}", "seconds": times})
             print(f"{label:20s} {shape[0]:>5d}x{shape[1]:<5d} " + "  ".join(f"{k} {v:.3f}" for k, v in times.items()))
-    write_report(args.json, {"command": "python " + " ".join(sys.argv), "machine": {
-        "cpu": cpu_features(), "threads": torch.get_num_threads(), "torch": torch.__version__},
-        "repeat": args.repeat, "rows": rows})
+    write_rows(args.json, rows, repeat=args.repeat)
     return 0
 
 

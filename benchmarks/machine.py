@@ -33,6 +33,17 @@ def cpu_features() -> dict:
             "native_bf16": bool({"avx512_bf16", "amx_bf16"} & flags), "torch_capability": capability}
 
 
+def write_rows(path: Path | None, rows: list, **fields) -> None:
+    """Write a CPU benchmark's rows with the command that made them and the machine."""
+    import sys
+
+    import torch
+
+    write_report(path, {"command": "python " + " ".join(sys.argv), "machine": {
+        "cpu": cpu_features(), "threads": torch.get_num_threads(), "torch": torch.__version__}, **fields,
+        "rows": rows})
+
+
 def write_report(path: Path | None, report: dict) -> None:
     """Write a benchmark's results as JSON (when a path is given) and say where."""
     if path is None:
