@@ -47,12 +47,6 @@ def record_postprocess(model: PathLike, record: pretrained.ModelRecord | None = 
     return prior, default
 
 
-def load_postprocess(model: PathLike, spec: str | PostProcess = "default") -> PostProcess:
-    """A post-processing specification read against the record of the weights file
-    ``model`` (``"default"`` and ``prior=learned`` refer to it), without loading the net."""
-    return parse_postprocess(spec, *record_postprocess(model))
-
-
 class Salicon:
     """The SALICON model: an image in, a saliency map at the image's size out.
 
