@@ -54,7 +54,27 @@ def _pil_to_rgb_array(img: Image.Image, name: str, as_float: bool = True) -> np.
         img = _composite_on_white(img)
     elif mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.float32) if as_float else np.asarray(img)
+    if as_float:
+        return np.asarray(img, dtype=np.float32)
+    if img.width * img.height > _STRIP_PIXELS:
+        return _rgb_in_strips(img)
+    return np.asarray(img)
+
+
+#: Images with more pixels are copied out of PIL a strip of rows at a time.
+_STRIP_PIXELS = 1 << 24
+
+
+def _rgb_in_strips(img: Image.Image) -> np.ndarray:
+    """The 8-bit RGB array of ``img`` filled a strip of rows at a time: ``np.asarray``
+    of the whole image goes through a bytes copy that, with PIL's own buffer, needs
+    twice the array's size on top (a 13000 x 13000 photo: 1 GB more)."""
+    out = np.empty((img.height, img.width, 3), dtype=np.uint8)
+    rows = max(1, _STRIP_PIXELS // 16 // img.width)
+    for top in range(0, img.height, rows):
+        bottom = min(img.height, top + rows)
+        out[top:bottom] = np.asarray(img.crop((0, top, img.width, bottom)))
+    return out
 
 
 def _array_to_rgb(arr: np.ndarray, name: str, as_float: bool = True) -> np.ndarray:

@@ -22,6 +22,7 @@ import io
 import os
 import posixpath
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -32,7 +33,7 @@ from .errors import SaliconError
 from .inputs import Item, is_uri, split_uri
 from .postprocess import log_density, to_probability
 from .types import PathLike
-from .visualize import overlay, threshold_map, to_uint8
+from .visualize import overlay, overlay_bands, threshold_map, to_uint8
 
 MANIFEST = "manifest.csv"
 SHARD_FOLDER = "shards"
@@ -88,6 +89,64 @@ def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
+
+
+#: Pictures with more pixels are encoded band by band (:func:`png_bytes_from_bands`).
+STREAM_PIXELS = 1 << 24
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _paeth(band: np.ndarray, above: np.ndarray, channels: int) -> np.ndarray:
+    """PNG's Paeth filter (type 4) of every row of ``band`` (rows x bytes), given the row above it."""
+    x = band.astype(np.int16)
+    b = np.concatenate([above[None].astype(np.int16), x[:-1]])
+    a = np.zeros_like(x)
+    a[:, channels:] = x[:, :-channels]
+    c = np.zeros_like(x)
+    c[:, channels:] = b[:, :-channels]
+    pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+    predicted = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    return ((x - predicted) & 0xFF).astype(np.uint8)
+
+
+def png_bytes_from_bands(bands: Iterable[np.ndarray], height: int, width: int, channels: int,
+                         compress_level: int = 6) -> bytes:
+    """A PNG file (8-bit grey or RGB) from its rows given in bands (each rows x
+    width [x 3], top to bottom), encoded as they come: the picture is never
+    held whole, only its compressed bytes (every row Paeth-filtered)."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {channels}")
+    header = (width.to_bytes(4, "big") + height.to_bytes(4, "big")
+              + bytes([8, 2 if channels == 3 else 0, 0, 0, 0]))
+    parts = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header)]
+    packer = zlib.compressobj(compress_level)
+    above = np.zeros(width * channels, dtype=np.uint8)
+    rows = 0
+    for band in bands:
+        flat = np.ascontiguousarray(band, dtype=np.uint8).reshape(len(band), width * channels)
+        filtered = np.empty((len(flat), 1 + flat.shape[1]), dtype=np.uint8)
+        filtered[:, 0] = 4
+        filtered[:, 1:] = _paeth(flat, above, channels)
+        above = flat[-1].copy()
+        rows += len(flat)
+        data = packer.compress(filtered.tobytes())
+        if data:
+            parts.append(_png_chunk(b"IDAT", data))
+    if rows != height:
+        raise ValueError(f"the bands held {rows} rows, not {height}")
+    parts += [_png_chunk(b"IDAT", packer.flush()), _png_chunk(b"IEND", b"")]
+    return b"".join(parts)
+
+
+def overlay_png(image_rgb: np.ndarray, saliency_map: np.ndarray) -> bytes:
+    """The overlay picture (:func:`salicon.visualize.overlay`) as PNG bytes; a huge
+    one is drawn and encoded band by band, never held whole."""
+    if saliency_map.size <= STREAM_PIXELS:
+        return png_bytes(overlay(image_rgb, saliency_map))
+    return png_bytes_from_bands(overlay_bands(image_rgb, saliency_map), *saliency_map.shape, 3)
 
 
 def npy_bytes(array: np.ndarray, dtype: type = np.float32) -> bytes:
@@ -177,6 +236,9 @@ class OutputSpec:
     def encode_map(self, saliency_map: np.ndarray) -> bytes:
         """The map file's bytes: an 8-bit PNG, or a float64 probability map / log-density."""
         if self.format == "png":
+            if saliency_map.size > STREAM_PIXELS:
+                return png_bytes_from_bands((to_uint8(saliency_map[r:r + 1024])
+                                             for r in range(0, saliency_map.shape[0], 1024)), *saliency_map.shape, 1)
             return png_bytes(to_uint8(saliency_map))
         density = to_probability(saliency_map) if self.format == "probability" else log_density(saliency_map)
         return npy_bytes(density, np.float64)
@@ -285,8 +347,10 @@ def write_map(store: OutputStore, stem: str, saliency_map: np.ndarray, spec: Out
         saliency_map = threshold_map(saliency_map, spec.threshold)
     result = MapWrite()
     encoders = {"map": lambda: spec.encode_map(saliency_map), "npy": lambda: npy_bytes(saliency_map),
-                "overlay": lambda: png_bytes(overlay(image(), saliency_map))}
+                "overlay": lambda: overlay_png(image(), saliency_map)}
+    data = None
     for kind, rel in spec.targets(stem).items():
+        data = None  # a huge image's previous file goes before the next one is made
         try:
             data = encoders[kind]()
             if kind == "map" and spec.format == "png":

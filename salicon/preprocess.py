@@ -42,6 +42,8 @@ def zoom_matrix(n_out: int, n_in: int, order: int = 3) -> np.ndarray:
     published cubic spline; order 1: linear with aligned end points)."""
     if n_out * n_in <= _CACHE_ENTRIES:
         return _cached_zoom_matrix(n_out, n_in, order)
+    if n_in > LOCAL_FROM:
+        return _build_zoom_matrix_local(n_out, n_in, order)
     return _build_zoom_matrix(n_out, n_in, order)
 
 
@@ -64,6 +66,36 @@ def _build_zoom_matrix(n_out: int, n_in: int, order: int) -> np.ndarray:
 
 _cached_zoom_matrix = lru_cache(maxsize=64)(_build_zoom_matrix)
 
+#: Longer input axes have their zoom matrix built window by window (:func:`_build_zoom_matrix_local`).
+LOCAL_FROM = 4096
+#: Samples around each block of columns that the local build keeps: the spline prefilter's
+#: response falls by 0.268 per sample, so what lies further moves an entry by < 1e-30.
+_WINDOW = 96
+
+
+def _build_zoom_matrix_local(n_out: int, n_in: int, order: int, block: int = 1024) -> np.ndarray:
+    """:func:`_build_zoom_matrix` in time and memory linear in ``n_in``: each block
+    of columns (unit impulses) is interpolated by scipy on a window of ``_WINDOW``
+    samples either side, at the output coordinates zoom uses (i (n_in - 1) / (n_out - 1)),
+    for the output rows within ``_WINDOW / 2`` of the block; the rest of the
+    column is below 1e-20 and left at zero."""
+    mat = np.zeros((n_out, n_in), dtype=np.float64)
+    coords = np.arange(n_out, dtype=np.float64) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 1.0)
+    for start in range(0, n_in, block):
+        stop = min(n_in, start + block)
+        lo, hi = max(0, start - _WINDOW), min(n_in, stop + _WINDOW)
+        i0 = int(np.searchsorted(coords, start - _WINDOW // 2))
+        i1 = int(np.searchsorted(coords, stop + _WINDOW // 2))
+        if i0 >= i1:
+            continue
+        impulses = np.zeros((hi - lo, stop - start))
+        impulses[np.arange(start, stop) - lo, np.arange(stop - start)] = 1.0
+        rows = np.broadcast_to((coords[i0:i1] - lo)[:, None], (i1 - i0, stop - start))
+        cols = np.broadcast_to(np.arange(stop - start, dtype=np.float64)[None, :], rows.shape)
+        mat[i0:i1, start:stop] = scipy.ndimage.map_coordinates(impulses, [rows, cols], order=order, mode="nearest")
+    mat.setflags(write=False)
+    return mat
+
 
 #: Entries of a zoom matrix below this fraction of the matrix's largest are left out of
 #: its band: the cubic spline's prefilter decays by 0.268 per sample, so the band is a few
@@ -82,24 +114,33 @@ class Zoom:
 
     def __init__(self, matrix: np.ndarray, device: torch.device, dtype: torch.dtype):
         self.n_out, self.n_in = matrix.shape
-        keep = np.abs(matrix) > BAND_TOLERANCE * np.abs(matrix).max()
-        # The entries left out become exact zeros: the spline's far tails are subnormal in float32,
-        # and products with subnormals run about ten times slower on x86 CPUs.
-        self.dense = torch.tensor(np.where(keep, matrix, 0.0), dtype=dtype, device=device)
-        self.blocks: list[tuple[int, int, int, torch.Tensor]] = []
-        if not keep.any(axis=1).all():  # a row with no weight at all (never for a zoom): stay dense
-            return
-        first = keep.argmax(axis=1)
-        last = self.n_in - 1 - keep[:, ::-1].argmax(axis=1)
-        blocks, work = [], 0
+        tolerance = BAND_TOLERANCE * max(float(matrix.max()), -float(matrix.min()))
+
+        def kept(rows: np.ndarray) -> np.ndarray:
+            # The entries left out become exact zeros: the spline's far tails are subnormal in float32,
+            # and products with subnormals run about ten times slower on x86 CPUs.
+            return np.where(np.abs(rows) > tolerance, rows, 0.0)
+
+        # Each block of output rows and the input columns its kept entries reach, a block at a
+        # time (a huge image's matrix gets no full-size temporaries).
+        extents, work = [], 0
         for r0 in range(0, self.n_out, BAND_BLOCK):
             r1 = min(self.n_out, r0 + BAND_BLOCK)
-            c0, c1 = int(first[r0:r1].min()), int(last[r0:r1].max()) + 1
-            blocks.append((r0, r1, c0, self.dense[r0:r1, c0:c1].contiguous()))
-            work += (r1 - r0) * (c1 - c0)
-        if work <= 0.5 * self.n_out * self.n_in:  # a band: worth the blocks' overhead
-            self.blocks = blocks
-            self.dense = None  # the blocks hold every entry that counts; a huge image's matrix is not kept
+            keep = np.abs(matrix[r0:r1]) > tolerance
+            if not keep.any(axis=1).all():  # a row with no weight at all (never for a zoom): stay dense
+                extents = None
+                break
+            columns = np.flatnonzero(keep.any(axis=0))
+            extents.append((r0, r1, int(columns[0]), int(columns[-1]) + 1))
+            work += (r1 - r0) * (extents[-1][3] - extents[-1][2])
+        self.blocks: list[tuple[int, int, int, torch.Tensor]] = []
+        self.dense: torch.Tensor | None = None
+        if extents is not None and work <= 0.5 * self.n_out * self.n_in:  # a band: worth the blocks' overhead
+            # The blocks hold every entry that counts; a huge image's matrix is not kept.
+            self.blocks = [(r0, r1, c0, torch.tensor(kept(matrix[r0:r1, c0:c1]), dtype=dtype, device=device))
+                           for r0, r1, c0, c1 in extents]
+        else:
+            self.dense = torch.tensor(kept(matrix), dtype=dtype, device=device)
 
     @property
     def entries(self) -> int:

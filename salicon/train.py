@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -68,6 +69,7 @@ class TrainConfig:
     engine: str = "auto"                 # "pytorch" (auto) or "caffe" (pycaffe's own solver, CPU)
     update: str = "per-blob"             # "multi-tensor": list operations, losses read every `display` steps
     python_layers: str | None = None     # auto, as-written or native (default: $SALICON_PYTHON_LAYERS, else auto)
+    cache_frozen: bool = False           # compute the layers that do not learn once per image (PyTorch engine)
 
 
 @dataclass
@@ -170,8 +172,33 @@ class Trainer:
                 self.net.to(memory_format=torch.channels_last)
                 self.net.memory_format = torch.channels_last
             self.backend = _TorchBackend(self)
+        #: The layers computed once per image with cache_frozen (None: every layer at every step).
+        self.constant = self._constant_prefix() if config.cache_frozen else None
+        self._cache: dict[str, dict[str, torch.Tensor]] = {}
         if config.resume:
             self.backend.restore(config.resume)
+
+    def _constant_prefix(self):
+        """The net's constant prefix, announced with what keeping it costs; None when empty."""
+        if self.engine != "pytorch":
+            raise TrainingError("cache_frozen (--cache-frozen) runs on the PyTorch engine, not on Caffe's solver")
+        prefix = self.net.constant_prefix()
+        if all(self.net.layer(self.net.step_names[i]).is_input for i in prefix.steps):
+            self.say("cache_frozen: every layer learns or follows one that does; nothing to compute once")
+            return None
+        size = 4 * sum(math.prod(self.net.blob_shapes[b]) for b in prefix.boundary)
+        count = len(self.train_set) + len(self.test_set)
+        last = max(prefix.steps)
+        free = _free_memory(self.device)
+        if free is not None and size * count > 0.8 * free:
+            raise TrainingError(f"cache_frozen: the blobs to keep ({', '.join(prefix.boundary)}) take "
+                                f"{size * count / 2**30:.1f} GiB for {count} images, more than the "
+                                f"{free / 2**30:.1f} GiB free on {self.device}; freeze more layers (lr_mult 0) "
+                                f"or train without --cache-frozen")
+        self.say(f"cache_frozen: {len(prefix.steps)} layers up to {self.net.step_names[last]} run once per image; "
+                 f"keeping {', '.join(prefix.boundary)}: {size / 2**20:.1f} MiB per image, "
+                 f"{size * count / 2**30:.2f} GiB for {count} images")
+        return prefix
 
     # ------------------------------------------------------------- data
     def load_data(self) -> tuple[list[PreparedSample], list[PreparedSample]]:
@@ -201,7 +228,17 @@ class Trainer:
         return [prepared[n] for n in train_names], [prepared[n] for n in test_names]
 
     def feeds(self, sample: PreparedSample) -> dict[str, torch.Tensor]:
-        """Net inputs for one sample: the image at each input size, and the target."""
+        """Net inputs for one sample: the image at each input size, and the target;
+        with cache_frozen the constant prefix's blobs instead, computed on first use."""
+        if self.constant is None:
+            return self._inputs(sample)
+        cached = self._cache.get(sample.name)
+        if cached is None:
+            with precision_context(self.config.precision, self.device):
+                cached = self._cache[sample.name] = self.net.forward_prefix(self.constant, **self._inputs(sample))
+        return cached
+
+    def _inputs(self, sample: PreparedSample) -> dict[str, torch.Tensor]:
         rgb = torch.from_numpy(sample.image).to(self.device, non_blocking=True)
         blob = image_to_blob(rgb, self.config.input_scale)
         feeds = {name: resize_chw(blob, shape[-2:], "spline")[None] for name, shape in self.inputs.items()}
@@ -416,7 +453,7 @@ class _TorchBackend:
 
     def _objective(self, feeds) -> torch.Tensor:
         with precision_context(self.trainer.config.precision, self.trainer.device):
-            return self.net.objective(self.net(**feeds))
+            return self.net.objective(self.net(**feeds, prefix=self.trainer.constant))
 
     def step(self, feeds, read: bool = True) -> list[float]:
         """One solver step; the losses read back now (the multi-tensor solver
@@ -436,7 +473,7 @@ class _TorchBackend:
     @torch.no_grad()
     def evaluate(self, feeds, map_blob: str) -> tuple[float, np.ndarray]:
         with precision_context(self.trainer.config.precision, self.trainer.device):
-            out = self.net(**feeds, blobs=[map_blob])
+            out = self.net(**feeds, blobs=[map_blob], prefix=self.trainer.constant)
             loss = float(self.net.objective(out))
         return loss, out[map_blob].float().cpu().numpy().reshape(out[map_blob].shape[-2:])
 
@@ -445,6 +482,17 @@ class _TorchBackend:
 
     def restore(self, state):
         self.solver.restore(state)
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (None where it cannot be told)."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        import psutil
+        return psutil.virtual_memory().available
+    except (ImportError, RuntimeError):
+        return None
 
 
 def _describe(val: dict) -> str:

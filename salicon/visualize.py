@@ -3,7 +3,7 @@ and the loss curve of a training run."""
 from __future__ import annotations
 
 import os
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -52,16 +52,22 @@ def overlay(image_rgb: np.ndarray, saliency_map: np.ndarray, alpha: float = 0.5)
     non-salient regions show the image almost unchanged. Computed in bands
     of rows, so a huge picture needs no float copy of its own size.
     """
+    out = np.empty(saliency_map.shape + (3,), dtype=np.uint8)
+    for rows, band in zip(_row_bands(*saliency_map.shape), overlay_bands(image_rgb, saliency_map, alpha)):
+        out[rows] = band
+    return out
+
+
+def overlay_bands(image_rgb: np.ndarray, saliency_map: np.ndarray, alpha: float = 0.5) -> Iterator[np.ndarray]:
+    """:func:`overlay`'s picture as bands of rows (uint8, top to bottom), one at a time."""
     if image_rgb.shape[:2] != saliency_map.shape:
         raise ValueError(f"image {image_rgb.shape[:2]} and map {saliency_map.shape} sizes differ")
-    out = np.empty(saliency_map.shape + (3,), dtype=np.uint8)
     for rows in _row_bands(*saliency_map.shape):
         sal = saliency_map[rows].astype(np.float32)
         heat = jet(sal).astype(np.float32)
         weight = alpha * np.sqrt(np.clip(sal, 0.0, 1.0))[..., None]
         blend = image_rgb[rows].astype(np.float32) * (1.0 - weight) + heat * weight
-        out[rows] = np.round(np.clip(blend, 0, 255))
-    return out
+        yield np.round(np.clip(blend, 0, 255)).astype(np.uint8)
 
 
 def salient_points(saliency_map: np.ndarray, count: int = 5, min_distance: float = 0.1,

@@ -71,3 +71,16 @@ def test_name_and_uint8_passthrough():
     Image.new("L", (300, 200)).save(buf, format="PNG")
     with pytest.raises(ImageTooLargeError, match="big.png: 300x200 pixels"):
         load_image(buf.getvalue(), max_pixels=50_000, name="big.png")
+
+
+def test_huge_images_are_copied_out_of_pil_in_strips(monkeypatch, tmp_path):
+    import salicon.image as image_module
+    pixels = np.random.default_rng(0).integers(0, 256, (103, 71, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    monkeypatch.setattr(image_module, "_STRIP_PIXELS", 700)  # strips of 700 // 16 // 71 = 1 row... at least 1
+    strips = []
+    real = image_module._rgb_in_strips
+    monkeypatch.setattr(image_module, "_rgb_in_strips", lambda img: strips.append(img.size) or real(img))
+    out = load_image(tmp_path / "a.png", as_float=False)
+    assert strips == [(71, 103)] and out.dtype == np.uint8 and out.flags.writeable
+    np.testing.assert_array_equal(out, pixels)

@@ -112,3 +112,39 @@ def test_density_formats_refuse_what_they_cannot_write(fields):
         OutputSpec(format="log-density", **fields)
     with pytest.raises(ValueError, match="format must be one of"):
         OutputSpec(format="jpeg")
+
+
+@pytest.mark.parametrize("shape, band", [((37, 53, 3), 5), ((37, 53), 37), ((1, 1, 3), 1), ((64, 7), 3)])
+def test_png_from_bands_decodes_to_the_same_pixels(shape, band):
+    from PIL import Image
+
+    from salicon.outputs import png_bytes_from_bands
+    rng = np.random.default_rng(sum(shape))
+    smooth = np.cumsum(rng.integers(0, 4, shape), axis=0) % 256  # rows alike, as in photos
+    pixels = np.where(rng.random(shape) < 0.2, rng.integers(0, 256, shape), smooth).astype(np.uint8)
+    data = png_bytes_from_bands((pixels[r:r + band] for r in range(0, shape[0], band)), shape[0], shape[1],
+                                3 if len(shape) == 3 else 1)
+    back = Image.open(io.BytesIO(data))
+    assert back.mode == ("RGB" if len(shape) == 3 else "L")
+    np.testing.assert_array_equal(np.asarray(back), pixels)
+    with pytest.raises(ValueError, match="held 1 rows, not"):
+        png_bytes_from_bands([pixels[:1]], shape[0] + 1, shape[1], 3 if len(shape) == 3 else 1)
+
+
+def test_huge_pictures_are_encoded_band_by_band_with_the_same_pixels(monkeypatch):
+    from PIL import Image
+
+    from salicon import outputs
+    from salicon.visualize import overlay, to_uint8
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (300, 170, 3), dtype=np.uint8)
+    saliency_map = rng.random((300, 170)).astype(np.float32)
+    whole = (outputs.overlay_png(image, saliency_map), outputs.OutputSpec().encode_map(saliency_map))
+    monkeypatch.setattr(outputs, "STREAM_PIXELS", 1000)
+    calls = []
+    monkeypatch.setattr(outputs, "png_bytes", lambda *a, **k: calls.append(a))  # must not be used
+    banded = (outputs.overlay_png(image, saliency_map), outputs.OutputSpec().encode_map(saliency_map))
+    assert not calls
+    for a, b, expected in zip(whole, banded, (overlay(image, saliency_map), to_uint8(saliency_map))):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(a))), expected)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(b))), expected)

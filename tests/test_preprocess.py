@@ -75,3 +75,12 @@ def test_inputs_through_the_band_equal_scipys_zoom(height, width, rng):
     published = image_to_inputs(rgb, sizes, "scipy")
     for a, b in zip(ours, published):
         assert float((a - b).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("n_out, n_in, order", [(120, 4500, 3), (4400, 4200, 3), (1, 4200, 3), (38, 4200, 3),
+                                                (700, 4200, 1)])
+def test_long_axes_build_the_same_zoom_matrix_window_by_window(n_out, n_in, order):
+    from salicon.preprocess import _build_zoom_matrix, _build_zoom_matrix_local
+    exact = _build_zoom_matrix(n_out, n_in, order)
+    local = _build_zoom_matrix_local(n_out, n_in, order, block=512)
+    np.testing.assert_allclose(local, exact, rtol=0, atol=1e-11)

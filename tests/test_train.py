@@ -335,3 +335,72 @@ def test_weights_may_be_a_registered_models_name(tmp_path, small_train_prototxt)
     with pytest.raises(Exception, match="no such registered model"):
         Trainer(TrainConfig(data=str(data), out=str(tmp_path / "typo"), solver=str(solver), weights="salicon_osei",
                             device="cpu"), log=lambda m: None)
+
+
+def frozen_prototxt(path, source, frozen=("conv1", "conv2", "conv3", "conv4")):
+    """``source`` with lr_mult 0 on the conv layers of the named blocks in both
+    streams, 1 on the others."""
+    from google.protobuf import text_format
+    net = formats.read_net_prototxt(source)
+    for lp in net.layer:
+        for spec in lp.param:
+            spec.lr_mult = 0 if lp.name.removeprefix("sec_").startswith(frozen) else 1
+    path.write_text(text_format.MessageToString(net))
+    return path
+
+
+def test_cache_frozen_gives_the_same_weights_losses_and_validation(setup, tmp_path, tiny_train_prototxt):
+    net_path = frozen_prototxt(tmp_path / "frozen.prototxt", tiny_train_prototxt)
+    said = []
+    runs = [train(setup(f"run{cache}", max_iter=9, prototxt=str(net_path), cache_frozen=cache),
+                  progress=False, log=said.append) for cache in (False, True)]
+    assert any("cache_frozen: 48 layers up to sec_pool4 run once per image; keeping pool4, sec_pool4" in m
+               for m in said), said
+    a, b = (formats.load_caffemodel_arrays(r.final_model) for r in runs)
+    for name in a:
+        for x, y in zip(a[name], b[name]):
+            np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a["conv5_3"][0], formats.load_caffemodel_arrays(
+        setup("x").weights)["conv5_3"][0])  # it learned
+    np.testing.assert_array_equal(a["conv4_3"][0], formats.load_caffemodel_arrays(setup("x").weights)["conv4_3"][0])
+    logs = [[{k: v for k, v in r.items() if k not in ("time", "img_per_s")} for r in run.history] for run in runs]
+    assert logs[0] == logs[1] and any(r["event"] == "epoch" for r in logs[0])
+    assert runs[0].val_metrics == runs[1].val_metrics
+
+
+def test_cache_frozen_with_nothing_frozen_says_so(setup, tmp_path, tiny_train_prototxt):
+    net_path = frozen_prototxt(tmp_path / "learning.prototxt", tiny_train_prototxt, frozen=())
+    said = []
+    train(setup("all", max_iter=1, prototxt=str(net_path), cache_frozen=True), progress=False, log=said.append)
+    assert any("nothing to compute once" in m for m in said)
+
+
+def test_constant_prefix_stops_at_learning_random_and_in_place_layers(tmp_path):
+    from salicon.engine import Net
+    text = """
+input: "data" input_shape { dim: 1 dim: 1 dim: 4 dim: 4 }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" param { lr_mult: 0 } param { lr_mult: 0 }
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "drop" type: "Dropout" bottom: "c1" top: "d1" }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "r2" type: "ReLU" bottom: "c2" top: "c2" }
+layer { name: "c3" type: "Convolution" bottom: "data" top: "c3" param { lr_mult: 0 } param { lr_mult: 0 }
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "cat" type: "Concat" bottom: "c2" bottom: "c3" bottom: "d1" top: "cat" }
+"""
+    path = tmp_path / "n.prototxt"
+    path.write_text(text)
+    train_net, test_net = Net(path, phase="train"), Net(path, phase="test")
+    prefix = train_net.constant_prefix()
+    assert sorted(train_net.step_names[i] for i in prefix.steps) == ["c1", "c3", "r1"]
+    assert prefix.boundary == ("c1", "c3")
+    assert sorted(test_net.step_names[i] for i in test_net.constant_prefix().steps) == ["c1", "c3", "drop", "r1"]
+    x = torch.randn(1, 1, 4, 4)
+    randomise(test_net)
+    full = test_net(data=x)
+    kept = test_net.forward_prefix(test_net.constant_prefix(), data=x)
+    again = test_net(prefix=test_net.constant_prefix(), **kept)
+    torch.testing.assert_close(again["cat"], full["cat"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="boundary blobs"):
+        test_net(prefix=test_net.constant_prefix(), data=x)

@@ -45,6 +45,26 @@ class ParamInfo:
     decay_mult: float
 
 
+#: Layer types whose output is not a function of their inputs alone in the train phase.
+RANDOM_TYPES = frozenset({"Dropout"})
+
+
+@dataclass(frozen=True)
+class ConstantPrefix:
+    """The layers of a net that give the same blobs every time they see the same
+    inputs: no learnable blob (every lr_mult 0), not a loss, not random, not a
+    Python layer run as written (its code may keep state), and fed only by input
+    blobs or by other such layers. A trainer computes them once per image.
+
+    Attributes:
+        steps: their positions in the net's list of steps.
+        boundary: the blobs the rest of the net reads: what to keep per image.
+    """
+
+    steps: frozenset[int]
+    boundary: tuple[str, ...]
+
+
 def _state_meets_rule(state: caffe_pb2.NetState, rule: caffe_pb2.NetStateRule) -> bool:
     """Caffe's Net::StateMeetsRule."""
     if rule.HasField("phase") and rule.phase != state.phase:
@@ -348,8 +368,44 @@ class Net(nn.Module):
             raise ValueError(f"missing input blob(s) {missing} for {self.source}")
         return {n: self._prepare_input(n, v) for n, v in inputs.items()}
 
-    def forward(self, blobs: Sequence[str] | None = None, **inputs: ArrayLike) -> dict[str, torch.Tensor]:
+    def constant_prefix(self) -> ConstantPrefix:
+        """The layers whose blobs depend on the inputs only (see :class:`ConstantPrefix`)."""
+        learnable = {p.layer for p in self.param_info() if p.lr_mult != 0}
+        known = set(self.input_shapes)  # blobs whose present value is constant
+        steps: set[int] = set()
+        boundary: list[str] = []
+        for i, ((layer, bottoms, tops), name) in enumerate(zip(self._steps, self.step_names)):
+            info = self.python_layers.get(name)
+            constant = (name not in learnable and not layer.is_loss and all(b in known for b in bottoms)
+                        and not (self.phase == "train" and self.layer_params[name].type in RANDOM_TYPES)
+                        and (info is None or info.native)
+                        and not any(t in boundary for t in tops))  # one value per boundary blob
+            if constant:
+                steps.add(i)
+                known.update(tops)
+            else:
+                boundary.extend(b for b in bottoms if b in known and b not in boundary)
+                known.difference_update(tops)  # rewritten (in place) by a layer that learns
+        return ConstantPrefix(frozenset(steps), tuple(boundary))
+
+    @torch.no_grad()
+    def forward_prefix(self, prefix: ConstantPrefix, **inputs: ArrayLike) -> dict[str, torch.Tensor]:
+        """Run only ``prefix``'s layers on ``inputs``; its boundary blobs (what
+        :meth:`forward` takes back with ``prefix=``)."""
+        values = self.prepare_inputs(inputs)
+        for i, (layer, bottoms, tops) in enumerate(self._steps):
+            if i in prefix.steps:
+                for t, o in zip(tops, layer(*(values[b] for b in bottoms))):
+                    values[t] = o
+        return {b: values[b] for b in prefix.boundary}
+
+    def forward(self, blobs: Sequence[str] | None = None, prefix: ConstantPrefix | None = None,
+                **inputs: ArrayLike) -> dict[str, torch.Tensor]:
         """Run the net on ``inputs`` (input blob name -> array or tensor).
+
+        With ``prefix``, ``inputs`` are its boundary blobs (from
+        :meth:`forward_prefix`) and its layers are skipped; the results are the
+        same as from the full inputs.
 
         Returns the net's outputs plus the blobs named in ``blobs``.
         """
@@ -357,9 +413,20 @@ class Net(nn.Module):
         bad = [b for b in (blobs or ()) if b not in self.blob_shapes]
         if bad:
             raise ValueError(f"no blob(s) named {bad} in {self.source}")
-        values = self.prepare_inputs(inputs)
+        if prefix is None:
+            values = self.prepare_inputs(inputs)
+            skip: frozenset[int] = frozenset()
+        else:
+            if set(inputs) != set(prefix.boundary):
+                raise ValueError(f"with a constant prefix the inputs are its boundary blobs "
+                                 f"{list(prefix.boundary)}, not {sorted(inputs)}")
+            # Copies: a later layer may work in place, and the caller keeps these.
+            values = {n: torch.as_tensor(v).to(self.device).clone() for n, v in inputs.items()}
+            skip = prefix.steps
         keep = dict(values)
         for i, (layer, bottoms, tops) in enumerate(self._steps):
+            if i in skip:
+                continue
             outs = layer(*(values[b] for b in bottoms))
             for b in bottoms:
                 if self._last_use.get(b) == i and b not in tops and not self.keep_blobs and b not in wanted:
@@ -372,7 +439,8 @@ class Net(nn.Module):
                 if self._last_use.get(t, -1) <= i and t not in wanted and not self.keep_blobs:
                     values.pop(t, None)
         self.blobs = OrderedDict((n, keep[n]) for n in self.blob_shapes if n in keep)
-        return {n: keep[n] for n in list(self.outputs) + [b for b in (blobs or ()) if b not in self.outputs]}
+        names = list(self.outputs) + [b for b in (blobs or ()) if b not in self.outputs]
+        return {n: keep[n] for n in names if n in keep}  # a prefix's own outputs are not recomputed
 
     def objective(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of the loss tops (what a solver minimises)."""
