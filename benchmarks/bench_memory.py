@@ -76,6 +76,15 @@ class Sampler:
         self._thread.join()
 
 
+class _Handover(dict):
+    """A dict whose items are handed over once (so the stage after owns them)."""
+
+    def popitem_all(self) -> dict:
+        items = dict(self)
+        self.clear()
+        return items
+
+
 def staged(image: str, options: list[str]) -> dict:
     """The stages of one map in this process (see the module's docstring)."""
     from salicon.cli import build_parser
@@ -90,9 +99,8 @@ def staged(image: str, options: list[str]) -> dict:
     rgb = sampler.stage("decode", lambda: load_image(image, as_float=False, max_pixels=None))
     size = rgb.shape[:2]
     spec = model.preprocess_spec()
-    inputs = sampler.stage("net inputs", lambda: spec.inputs(rgb, model.input_device, False))
-    raw = sampler.stage("forward", lambda: model.forward({k: v[None] for k, v in inputs.items()}))
-    del inputs
+    inputs = _Handover(sampler.stage("net inputs", lambda: spec.inputs(rgb, model.input_device, False)))
+    raw = sampler.stage("forward", lambda: model.forward({k: v[None] for k, v in inputs.popitem_all().items()}))
     saliency_map = sampler.stage("post-process", lambda: model.postprocess(raw[0], size))
     # The three files' bytes, made as salicon predict makes them (each written, then let go).
     sampler.stage("map PNG", lambda: len(OutputSpec().encode_map(saliency_map)))
