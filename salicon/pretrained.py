@@ -11,8 +11,10 @@ hash, so a corrupt or replaced weights file is named before it is used.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -85,6 +87,10 @@ class ModelRecord:
     center_prior: dict | None = None
     postprocess: dict | None = None
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: The folder the record and its files lie in (a registered model's; None otherwise).
+    folder: Path | None = field(default=None, compare=False)
+    #: The distribution that installed it (None: this package).
+    distribution: str | None = field(default=None, compare=False)
 
     @property
     def prototxt(self) -> str | None:
@@ -164,19 +170,67 @@ class ModelSpec:
     record: ModelRecord | None
 
 
-def model_records() -> dict[str, ModelRecord]:
-    """Every registered model by name: each shipped ``models/<name>.json`` whose
-    ``name`` is ``<name>`` and which names a weights file."""
-    folder = shipped_file("models", DEFAULT_MODEL).parent
-    found: dict[str, ModelRecord] = {}
-    for path in sorted(folder.glob("*.json")):
+#: Entry point group of model distributions: each entry point names a module whose
+#: folder holds model records (``<name>.json``) and the files they name.
+ENTRY_POINT_GROUP = "salicon.models"
+
+
+def model_folders() -> list[tuple[Path, str | None]]:
+    """Folders that hold model records, each with the distribution that installed
+    it (None for this package's own): this package's ``models``; every installed
+    model distribution (entry point group ``salicon.models``); and, run from a
+    source checkout, the model distributions' own folders under ``models/``
+    (``models/<name>/<package>/``), so a checkout needs no install to use them."""
+    from importlib import metadata
+
+    folders: list[tuple[Path, str | None]] = [(shipped_file("models", DEFAULT_MODEL).parent, None)]
+    seen = {folders[0][0].resolve()}
+    entries = metadata.entry_points()
+    entries = (entries.select(group=ENTRY_POINT_GROUP) if hasattr(entries, "select")  # Python >= 3.10
+               else entries.get(ENTRY_POINT_GROUP, []))
+    for entry in entries:
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue  # not a record (a log, a damaged file): not a registered model
-        if isinstance(data, dict) and data.get("name") == path.stem and isinstance(data.get("weights"), dict):
-            found[path.stem] = read_record_file(path, folder / str(data["weights"].get("file")), verify=False)
+            spec = importlib.util.find_spec(entry.value.split(":")[0])
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.origin:
+            continue  # a distribution whose module is gone: nothing to find there
+        folder = Path(spec.origin).parent
+        if folder.resolve() not in seen:
+            seen.add(folder.resolve())
+            dist = getattr(entry, "dist", None)
+            folders.append((folder, dist.name if dist is not None else entry.name))
+    for pyproject in sorted((PROJECT_ROOT / "models").glob("*/pyproject.toml")):
+        for folder in sorted(p.parent for p in pyproject.parent.glob("*/__init__.py")):
+            if folder.resolve() not in seen:
+                seen.add(folder.resolve())
+                folders.append((folder, pyproject.parent.name))
+    return folders
+
+
+def model_records() -> dict[str, ModelRecord]:
+    """Every registered model by name: each ``<name>.json`` in a model folder
+    (:func:`model_folders`) whose ``name`` is ``<name>`` and which names a weights
+    file. The first folder to register a name keeps it."""
+    found: dict[str, ModelRecord] = {}
+    for folder, distribution in model_folders():
+        for path in sorted(folder.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue  # not a record (a log, a damaged file): not a registered model
+            if (isinstance(data, dict) and data.get("name") == path.stem and isinstance(data.get("weights"), dict)
+                    and path.stem not in found):
+                record = read_record_file(path, folder / str(data["weights"].get("file")), verify=False)
+                found[path.stem] = dataclasses.replace(record, folder=folder, distribution=distribution)
     return found
+
+
+def record_prototxt(record: ModelRecord) -> Path:
+    """The test net a registered model runs: its record's ``architecture.prototxt``
+    from the model's own folder when it ships one there, else from this package."""
+    own = record.folder / record.prototxt if record.folder and record.prototxt else None
+    return own if own is not None and own.is_file() else prototxt_path(record.prototxt or "salicon.prototxt")
 
 
 def _looks_like_a_name(model: str) -> bool:
@@ -195,16 +249,14 @@ def resolve_model(model: PathLike | None = None, prototxt: PathLike | None = Non
             raise SaliconError(f"model {text!r}: no such registered model or file (registered: "
                                f"{', '.join(records) or 'none'}; salicon models lists them)")
         record = records[text]
-        weights = (default_model_path() if record.weights_file == DEFAULT_MODEL
-                   else shipped_file("models", record.weights_file or ""))
+        weights = (record.folder or default_model_path().parent) / (record.weights_file or "")
         if not weights.is_file():
             raise SaliconError(f"the shipped pretrained model is missing ({weights}, model {text!r}); reinstall "
                                f"the package or pass a trained .caffemodel / .safetensors file as the model")
         if record.sha256 and file_sha256(weights) != record.sha256.lower():
             raise SaliconError(f"{weights}: SHA-256 does not match the one recorded for model {text!r}; the "
                                f"weights file is corrupt or was replaced (reinstall the package)")
-        net = Path(prototxt) if prototxt is not None else prototxt_path(record.prototxt or "salicon.prototxt")
-        return ModelSpec(text, weights, net, record)
+        return ModelSpec(text, weights, Path(prototxt) if prototxt is not None else record_prototxt(record), record)
     weights = Path(model)
     net = Path(prototxt) if prototxt is not None else prototxt_path()
     return ModelSpec(None, weights, net, read_record(weights) if weights.is_file() else None)
@@ -231,5 +283,5 @@ def model_metadata(path: PathLike) -> dict[str, str]:
     return read_safetensors_metadata(path) if is_safetensors(path) else {}
 
 
-__all__ = ["DEFAULT_MODEL_NAME", "ModelSpec", "model_records", "resolve_model", "read_record_file", "OUTPUT_BLOB", "DEFAULT_MODEL", "ModelRecord", "shipped_file", "prototxt_path", "default_model_path", "record_path",
+__all__ = ["DEFAULT_MODEL_NAME", "ENTRY_POINT_GROUP", "ModelSpec", "model_folders", "model_records", "record_prototxt", "resolve_model", "read_record_file", "OUTPUT_BLOB", "DEFAULT_MODEL", "ModelRecord", "shipped_file", "prototxt_path", "default_model_path", "record_path",
            "read_record", "file_sha256", "model_metadata"]

@@ -63,3 +63,44 @@ def test_prototxt_keyword_and_its_opensalicon_name(small_model, small_prototxt):
     assert Salicon(small_model, prototxtpath=small_prototxt, device="cpu").prototxt_path == small_prototxt
     with pytest.raises(ValueError, match="not both"):
         Salicon(small_model, prototxt=small_prototxt, prototxtpath=small_prototxt)
+
+
+def _model_distribution(root, name, weights, prototxt):
+    """A model distribution as pip installs one: its package folder (record, weights,
+    test net) and a .dist-info whose entry point (group salicon.models) names it."""
+    package = root / f"pkg_{name}"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    shutil.copy(weights, package / f"{name}.caffemodel")
+    shutil.copy(prototxt, package / "net.prototxt")
+    record = {"name": name, "weights": {"file": f"{name}.caffemodel", "sha256": file_sha256(weights)},
+              "architecture": {"prototxt": "net.prototxt"}}
+    (package / f"{name}.json").write_text(json.dumps(record))
+    info = root / f"salicon_model_{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: salicon-model-{name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[salicon.models]\n{name} = pkg_{name}\n")
+    return package
+
+
+def test_model_distributions_are_found_through_their_entry_points(tmp_path, monkeypatch, small_model,
+                                                                  small_prototxt):
+    from salicon.pretrained import model_folders, model_records, resolve_model
+    package = _model_distribution(tmp_path, "tiny_net", small_model, small_prototxt)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert (package, "salicon-model-tiny_net") in model_folders()
+    record = model_records()["tiny_net"]
+    assert record.folder == package and record.distribution == "salicon-model-tiny_net"
+    assert "salicon_osie" in model_records()  # the package's own model is still there
+    spec = resolve_model("tiny_net")
+    assert spec.weights == package / "tiny_net.caffemodel" and spec.prototxt == package / "net.prototxt"
+    (package / "tiny_net.caffemodel").write_bytes(b"replaced")
+    with pytest.raises(SaliconError, match="SHA-256 does not match the one recorded for model 'tiny_net'"):
+        resolve_model("tiny_net")
+
+
+def test_a_distribution_cannot_take_a_name_already_registered(tmp_path, monkeypatch, small_model, small_prototxt):
+    from salicon.pretrained import default_model_path, model_records
+    _model_distribution(tmp_path, "salicon_osie", small_model, small_prototxt)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert model_records()["salicon_osie"].folder == default_model_path().parent
