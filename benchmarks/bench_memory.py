@@ -89,25 +89,35 @@ def staged(image: str, options: list[str]) -> dict:
     """The stages of one map in this process (see the module's docstring)."""
     from salicon.cli import build_parser
     from salicon.cli.options import build_salicon
-    from salicon.image import load_image
-    from salicon.outputs import OutputSpec, npy_bytes, png_bytes
-    from salicon.visualize import overlay
+    from salicon.image import load_image, load_image_rows
+    from salicon.outputs import OutputSpec, npy_parts, overlay_png
 
     args = build_parser().parse_args(["predict", image, "-o", "unused", *options])
     sampler = Sampler()
     model = sampler.stage("load model", lambda: build_salicon(args))
-    rgb = sampler.stage("decode", lambda: load_image(image, as_float=False, max_pixels=None))
-    size = rgb.shape[:2]
+    # As salicon predict: a worker decodes and makes the net's inputs, and lets the pixels go.
+    pixels = _Handover({"rgb": sampler.stage("decode", lambda: load_image(image, as_float=False, max_pixels=None))})
     spec = model.preprocess_spec()
-    inputs = _Handover(sampler.stage("net inputs", lambda: spec.inputs(rgb, model.input_device, False)))
+    inputs = _Handover(sampler.stage("net inputs", lambda: spec.inputs(pixels.popitem_all()["rgb"],
+                                                                      model.input_device, False)))
+    size = _image_size(image)
     raw = sampler.stage("forward", lambda: model.forward({k: v[None] for k, v in inputs.popitem_all().items()}))
     saliency_map = sampler.stage("post-process", lambda: model.postprocess(raw[0], size))
-    # The three files' bytes, made as salicon predict makes them (each written, then let go).
+    # The files, made as write_map makes them (npy first, then the overlay from the image decoded
+    # again, then the map), each let go before the next.
+    sampler.stage(".npy", lambda: sum(len(p) for p in npy_parts(saliency_map)))
+    sampler.stage("overlay PNG", lambda: len(overlay_png(load_image_rows(image, max_pixels=None), saliency_map)))
     sampler.stage("map PNG", lambda: len(OutputSpec().encode_map(saliency_map)))
-    sampler.stage(".npy", lambda: len(npy_bytes(saliency_map)))
-    sampler.stage("overlay PNG", lambda: len(png_bytes(overlay(rgb, saliency_map))))
     sampler.close()
     return {"stages": sampler.rows, "peak_gb": max(r["peak_gb"] for r in sampler.rows)}
+
+
+def _image_size(image: str) -> tuple[int, int]:
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # the benchmark's own picture
+    with Image.open(image) as img:
+        return img.height, img.width
 
 
 def cli_peak(image: str, options: list[str]) -> tuple[float, float, int]:

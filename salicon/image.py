@@ -6,6 +6,7 @@ float pixels. Anything that cannot be an image raises :class:`ImageError`.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -37,7 +38,9 @@ def _composite_on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _pil_to_rgb_array(img: Image.Image, name: str, as_float: bool = True) -> np.ndarray:
+def _upright_rgb(img: Image.Image, name: str) -> Image.Image | np.ndarray:
+    """``img`` upright (EXIF) as an 8-bit RGB PIL image; a high-bit-depth grey one
+    as a float32 HxWx3 array on the 0..255 scale."""
     if img.width == 0 or img.height == 0:
         raise ImageError(f"{name}: the image is empty ({img.width}x{img.height} pixels)")
     if img.getexif().get(0x0112, 1) != 1:  # only a rotated image pays for a transposed copy
@@ -54,6 +57,13 @@ def _pil_to_rgb_array(img: Image.Image, name: str, as_float: bool = True) -> np.
         img = _composite_on_white(img)
     elif mode != "RGB":
         img = img.convert("RGB")
+    return img
+
+
+def _pil_to_rgb_array(img: Image.Image, name: str, as_float: bool = True) -> np.ndarray:
+    img = _upright_rgb(img, name)
+    if isinstance(img, np.ndarray):
+        return img
     if as_float:
         return np.asarray(img, dtype=np.float32)
     if img.width * img.height > _STRIP_PIXELS:
@@ -63,6 +73,42 @@ def _pil_to_rgb_array(img: Image.Image, name: str, as_float: bool = True) -> np.
 
 #: Images with more pixels are copied out of PIL a strip of rows at a time.
 _STRIP_PIXELS = 1 << 24
+
+
+class RowReader:
+    """A huge image's 8-bit RGB rows, copied out of the decoded PIL image a band
+    at a time when asked for (``reader[start:stop]``), so drawing on it band by
+    band never needs a second copy of the whole image. ``shape`` is (H, W, 3)."""
+
+    def __init__(self, img: Image.Image):
+        self._img = img
+        self.shape = (img.height, img.width, 3)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice):
+            raise TypeError("a RowReader is read by slices of rows")
+        start, stop, step = rows.indices(self.shape[0])
+        band = np.asarray(self._img.crop((0, start, self.shape[1], max(start, stop))))
+        return band[::step] if step != 1 else band
+
+
+def load_image_rows(source: str | os.PathLike | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                    name: str | None = None) -> np.ndarray | RowReader:
+    """:func:`load_image` with ``as_float=False``, except that an 8-bit image of
+    more than 16 M pixels comes as a :class:`RowReader` over the decoded image
+    (what a picture drawn band by band needs: a 13000 x 13000 photo then costs
+    PIL's own buffer only, not that plus a 0.5 GB array)."""
+    if not isinstance(source, (str, os.PathLike)) or not Path(source).is_file() or not Path(source).stat().st_size:
+        return load_image(source, as_float=False, max_pixels=max_pixels, name=name)  # its errors
+    path = Path(source)
+    with _decode_errors(str(path), max_pixels):
+        img = _open_checked(path, str(path), max_pixels)
+        img.load()
+        if img.width * img.height <= _STRIP_PIXELS:
+            with img:
+                return _pil_to_rgb_array(img, str(path), as_float=False)
+        rgb = _upright_rgb(img, str(path))
+        return rgb if isinstance(rgb, np.ndarray) else RowReader(rgb)
 
 
 def _rgb_in_strips(img: Image.Image) -> np.ndarray:
@@ -194,10 +240,17 @@ def load_image(source: ImageLike, *, as_float: bool = True,
 
 
 def _decode(source, name: str, as_float: bool, max_pixels: int | None) -> np.ndarray:
-    try:
+    with _decode_errors(name, max_pixels):
         with _open_checked(source, name, max_pixels) as img:
             img.load()
             return _pil_to_rgb_array(img, name, as_float)
+
+
+@contextlib.contextmanager
+def _decode_errors(name: str, max_pixels: int | None):
+    """PIL's errors while opening and decoding ``name`` as this package's ImageErrors."""
+    try:
+        yield
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file (PIL cannot identify its format)") from None
     except Image.DecompressionBombError as exc:  # PIL's own threshold, met before the header is ours to see

@@ -84,3 +84,22 @@ def test_huge_images_are_copied_out_of_pil_in_strips(monkeypatch, tmp_path):
     out = load_image(tmp_path / "a.png", as_float=False)
     assert strips == [(71, 103)] and out.dtype == np.uint8 and out.flags.writeable
     np.testing.assert_array_equal(out, pixels)
+
+
+def test_huge_images_can_be_read_a_band_of_rows_at_a_time(monkeypatch, tmp_path):
+    import salicon.image as image_module
+    from salicon.image import RowReader, load_image_rows
+    pixels = np.random.default_rng(1).integers(0, 256, (61, 47, 4), dtype=np.uint8)
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "a.png")
+    small = load_image_rows(tmp_path / "a.png")
+    assert isinstance(small, np.ndarray)
+    monkeypatch.setattr(image_module, "_STRIP_PIXELS", 100)
+    rows = load_image_rows(tmp_path / "a.png")
+    assert isinstance(rows, RowReader) and rows.shape == (61, 47, 3)
+    np.testing.assert_array_equal(np.concatenate([rows[r:r + 10] for r in range(0, 61, 10)]), small)
+    np.testing.assert_array_equal(rows[5:9], load_image(tmp_path / "a.png", as_float=False)[5:9])
+    with pytest.raises(ImageError, match="no such image file"):
+        load_image_rows(tmp_path / "missing.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png at all")
+    with pytest.raises(ImageError, match="not an image file"):
+        load_image_rows(tmp_path / "bad.png")

@@ -148,3 +148,16 @@ def test_huge_pictures_are_encoded_band_by_band_with_the_same_pixels(monkeypatch
     for a, b, expected in zip(whole, banded, (overlay(image, saliency_map), to_uint8(saliency_map))):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(a))), expected)
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(b))), expected)
+
+
+def test_npy_parts_are_the_npy_file_without_a_copy(tmp_path):
+    from salicon.outputs import npy_bytes, npy_parts
+    saliency_map = np.random.default_rng(0).random((37, 53)).astype(np.float32)
+    parts = npy_parts(saliency_map)
+    assert b"".join(bytes(p) for p in parts) == npy_bytes(saliency_map)
+    assert np.shares_memory(np.frombuffer(parts[1], np.float32), saliency_map)  # the map's own memory
+    store = OutputStore(str(tmp_path))
+    store.write("m.npy", parts)
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), saliency_map)
+    np.testing.assert_array_equal(np.load(io.BytesIO(b"".join(bytes(p) for p in npy_parts(np.ones((2, 3)))))),
+                                  np.ones((2, 3), np.float32))

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from ..errors import SaliconError
-from ..image import DEFAULT_MAX_PIXELS, load_image
+from ..image import DEFAULT_MAX_PIXELS, load_image_rows
 from ..inputs import Item, is_uri, list_inputs
 from ..outputs import (MAP_FORMATS, STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder,
                        find_clashes, remove_empty_folders, write_map)
@@ -196,7 +196,7 @@ def _run(model, items: list[Item], args: argparse.Namespace, spec: OutputSpec, c
         bar.write(f"salicon: error: {message if source in message else f'{source}: {message}'}", file=sys.stderr)
 
     def image_of(source: str) -> Callable:
-        return lambda: load_image(source, as_float=False, max_pixels=args.max_pixels)
+        return lambda: load_image_rows(source, max_pixels=args.max_pixels)  # a huge one's rows on demand
 
     writers = args.workers or min(8, os.cpu_count() or 1)  # PNG encoding releases the GIL: threads scale
     with ThreadPoolExecutor(max_workers=writers) as writer:
