@@ -29,7 +29,7 @@ from collections import Counter, OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -210,15 +210,20 @@ class SaliencyService:
     bounds memory whatever the number of clients.
     """
 
-    def __init__(self, model: Salicon, *, max_pixels: int | None = UPLOAD_MAX_PIXELS,
+    def __init__(self, model: Salicon | Mapping[str, Salicon], *, max_pixels: int | None = UPLOAD_MAX_PIXELS,
                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, batch_size: int | None = None,
                  max_queue: int = 16, prepare_slots: int = 2, cache: ResultCache | None = None):
-        self.model = model
+        #: The models served, by name (the first is the default); each has its own queue for the net.
+        self.models: dict[str, Salicon] = dict(model) if isinstance(model, Mapping) else {model_name(model): model}
+        if not self.models:
+            raise ValueError("a SaliencyService needs at least one model")
+        self.default = next(iter(self.models))
         self.max_pixels = max_pixels
         self.max_upload_bytes = max_upload_bytes
-        if batch_size is None:  # batches pay off on a GPU; on a CPU one image fills the cores
-            batch_size = 8 if model.device.type == "cuda" else 1
-        self.worker = InferenceWorker(model, batch_size, max_queue)
+        self.workers = {}
+        for name, each in self.models.items():
+            size = batch_size if batch_size is not None else (8 if each.device.type == "cuda" else 1)
+            self.workers[name] = InferenceWorker(each, size, max_queue)  # batches pay off on a GPU only
         self.cache = cache if cache is not None else ResultCache()
         self._prepare = threading.BoundedSemaphore(max(1, prepare_slots))
         self.started = time.time()
@@ -226,26 +231,53 @@ class SaliencyService:
         #: Extra fields of /api/health (which server and replica answered, on Ray Serve).
         self.labels: dict[str, Any] = {}
 
+    @property
+    def model(self) -> Salicon:
+        """The default model."""
+        return self.models[self.default]
+
+    @property
+    def worker(self) -> InferenceWorker:
+        """The default model's queue."""
+        return self.workers[self.default]
+
+    def pick(self, name: str | None) -> str:
+        """The served model called ``name`` (None or "": the default), or a 400 naming those served."""
+        if not name:
+            return self.default
+        if name not in self.models:
+            raise RequestError(400, f"model: {name!r} is not served here (this server serves "
+                                    f"{', '.join(self.models)}; salicon serve --model NAME adds one)")
+        return name
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
+
+    @staticmethod
+    def _describe_model(name: str, model: Salicon) -> dict[str, Any]:
+        return {"name": name, "model": model.model_path.name, "prototxt": model.prototxt_path.name,
+                "device": str(model.device), "engine": model.engine, "precision": model.precision,
+                "runtime": model.runtime, "postprocess": model.post.name,
+                "input_sizes": {k: list(v[2:]) for k, v in model.net.input_shapes.items()}}
+
     def health(self) -> dict[str, Any]:
-        model = self.model
+        worker = self.worker
         return {
             "status": "ok",
             "version": __version__,
-            "model": model.model_path.name,
-            "prototxt": model.prototxt_path.name,
-            "device": str(model.device),
-            "engine": model.engine,
-            "precision": model.precision,
-            "runtime": model.runtime,
-            "postprocess": model.post.name,
-            "input_sizes": {k: list(v[2:]) for k, v in model.net.input_shapes.items()},
-            "batch_size": self.worker.batch_size,
+            **{k: v for k, v in self._describe_model(self.default, self.model).items() if k != "name"},
+            "default_model": self.default,
+            "models": [{**self._describe_model(name, model), "seconds_per_image": self.workers[name].seconds_per_image}
+                       for name, model in self.models.items()],
+            "batch_size": worker.batch_size,
             "limits": {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels},
             "formats": list(IMAGE_FORMATS),
-            "queue": {"waiting": self.worker.waiting, "running": self.worker.busy},
-            "images": self.worker.images,
-            "batches": {str(k): v for k, v in sorted(self.worker.batch_sizes.items())},
-            "seconds_per_image": self.worker.seconds_per_image,
+            "queue": {"waiting": sum(w.waiting for w in self.workers.values()),
+                      "running": sum(w.busy for w in self.workers.values())},
+            "images": sum(w.images for w in self.workers.values()),
+            "batches": {str(k): v for k, v in sorted(worker.batch_sizes.items())},
+            "seconds_per_image": worker.seconds_per_image,
             "uptime_s": round(time.time() - self.started, 1),
             **self.labels,
         }
@@ -267,21 +299,30 @@ class SaliencyService:
         except ImageError as exc:
             raise RequestError(415, f"{exc}. Supported: {', '.join(IMAGE_FORMATS)}") from None
 
-    def saliency(self, name: str, data: bytes, postprocess: str = "default") -> tuple[np.ndarray, np.ndarray]:
-        """(image HxWx3 uint8, saliency map HxW float32 in [0, 1]) of an upload.
+    def saliency(self, name: str, data: bytes, postprocess: str = "default", model: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(image HxWx3 uint8, saliency map HxW float32 in [0, 1]) of an upload,
+        by the served model called ``model`` (default: the first).
 
         Blocks until the net has run; call it from a worker thread.
         """
+        chosen = self.pick(model)
+        net = self.models[chosen]
         try:
-            post = self.model.resolve_postprocess(postprocess)
+            post = net.resolve_postprocess(postprocess)
         except PostProcessError as exc:
             raise RequestError(400, f"postprocess: {exc}") from None
         with self._prepare:
             rgb = self.decode(name, data)
-            inputs, size = self.model.preprocess(rgb)
-            future = self.worker.submit(inputs)
+            inputs, size = net.preprocess(rgb)
+            future = self.workers[chosen].submit(inputs)
         raw = future.result()
-        return rgb, self.model.postprocess(raw, size, post)
+        return rgb, net.postprocess(raw, size, post)
+
+
+def model_name(model: Salicon) -> str:
+    """What a served model is called: its registered name, else its weights file's stem."""
+    return model.name or model.model_path.stem
 
 
 def web_dependencies_missing() -> str | None:
@@ -298,5 +339,5 @@ def web_dependencies_missing() -> str | None:
     return f"salicon serve needs {', '.join(missing)}: install the web extra with {WEB_EXTRA_HINT}"
 
 
-__all__ = ["SaliencyService", "InferenceWorker", "ResultCache", "RequestError", "shipped_examples",
+__all__ = ["SaliencyService", "model_name", "InferenceWorker", "ResultCache", "RequestError", "shipped_examples",
            "web_dependencies_missing", "UPLOAD_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES"]

@@ -97,7 +97,7 @@ def create_app(service: SaliencyService):
     @asynccontextmanager
     async def lifespan(_):
         yield
-        await asyncio.get_running_loop().run_in_executor(None, service.worker.close)
+        await asyncio.get_running_loop().run_in_executor(None, service.close)
 
     # FastAPIOffline: FastAPI with /docs and /redoc drawing on shipped files, not a CDN.
     app = FastAPIOffline(title="SALICON saliency", version=__version__, lifespan=lifespan,
@@ -188,6 +188,8 @@ def _add_api_routes(app, service: SaliencyService) -> None:
                        alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity"),
                        threshold: float = Query(0.0, ge=0.0, le=1.0, description="zero map values below this"),
                        postprocess: str = Query("default", description="as salicon predict --postprocess"),
+                       model: str = Query("", description="which served model (GET /api/health lists them; "
+                                                          "default: the first)"),
                        keep: bool = Query(False, description="json: keep the result for downloads "
                                                              "(/api/results/ID/...)")):
         if format not in FORMATS:
@@ -199,13 +201,14 @@ def _add_api_routes(app, service: SaliencyService) -> None:
         data = await file.read()
         await file.close()
         start = time.perf_counter()
-        rgb, sal = await run_in_threadpool(service.saliency, name, data, postprocess)
+        chosen = service.pick(model)
+        rgb, sal = await run_in_threadpool(service.saliency, name, data, postprocess, chosen)
         seconds = time.perf_counter() - start
         sal = threshold_map(sal, threshold) if threshold > 0 else sal
         headers = {"X-Image-Size": f"{sal.shape[1]}x{sal.shape[0]}", "X-Seconds": f"{seconds:.3f}"}
         if format == "json":
             body = await run_in_threadpool(_describe, service, name, data, rgb, sal, seconds, postprocess,
-                                           overlay, alpha, keep)
+                                           overlay, alpha, keep, chosen)
             return JSONResponse(body, headers=headers)
         body, media, filename = await run_in_threadpool(_encode, format, rgb, sal, overlay, alpha, name)
         disposition = "attachment" if format == "npy" else "inline"
@@ -245,11 +248,12 @@ def _encode(format: str, rgb: np.ndarray, sal: np.ndarray, overlay: bool, alpha:
 
 
 def _describe(service: SaliencyService, name: str, data: bytes, rgb: np.ndarray, sal: np.ndarray, seconds: float,
-              postprocess: str, overlay: bool, alpha: float, keep: bool) -> dict[str, Any]:
+              postprocess: str, overlay: bool, alpha: float, keep: bool, model: str) -> dict[str, Any]:
     """The json answer: size, peaks, the map (and overlay) as base64 PNG, download links if kept."""
     out: dict[str, Any] = {
         "name": name, "width": int(sal.shape[1]), "height": int(sal.shape[0]),
-        "seconds": round(seconds, 3), "model": service.model.model_path.name, "postprocess": postprocess,
+        "seconds": round(seconds, 3), "model": service.models[model].model_path.name, "model_name": model,
+        "postprocess": postprocess,
         "peaks": [{"x": x, "y": y, "value": round(v, 4)} for x, y, v in salient_points(sal)],
         "map_png": base64.b64encode(png_bytes(to_uint8(sal), PNG_LEVEL)).decode("ascii"),
     }

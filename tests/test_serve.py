@@ -481,3 +481,30 @@ def test_any_file_name_comes_back_in_the_download_headers(client, photo, name):
     assert content_disposition("inline", "plain.png") == 'inline; filename="plain.png"'
     assert content_disposition("attachment", 'a"b\\c.png') == (
         "attachment; filename=\"a_b_c.png\"; filename*=UTF-8''a%22b%5Cc.png")
+
+
+def test_several_models_are_served_and_chosen_by_name(model, small_model, small_prototxt, photo):
+    plain = Salicon(small_model, small_prototxt, device="cpu", postprocess="none")
+    service = SaliencyService({"first": model, "plain": plain}, max_queue=8)
+    with TestClient(create_app(service)) as client:
+        health = client.get("/api/health").json()
+        assert health["default_model"] == "first" and [m["name"] for m in health["models"]] == ["first", "plain"]
+        assert health["models"][1]["postprocess"] == plain.post.name
+        data = _png(photo)
+        for chosen, expected in (({}, model), ({"model": "first"}, model), ({"model": "plain"}, plain)):
+            r = _post(client, data, format="npy", **chosen)
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose(np.load(io.BytesIO(r.content)), expected.compute_saliency(photo), atol=1e-6)
+        assert _post(client, data, format="json", model="plain").json()["model_name"] == "plain"
+        r = _post(client, data, model="nope")
+        assert r.status_code == 400 and "'nope' is not served here (this server serves first, plain" in r.json()["error"]
+        assert client.get("/api/health").json()["images"] == 4
+
+
+def test_serve_takes_several_models_but_not_with_one_prototxt_or_on_ray(small_model, small_prototxt, capsys):
+    from salicon.cli import main
+    assert main(["serve", "--model", str(small_model), "--model", str(small_model), "--prototxt",
+                 str(small_prototxt)]) == 2
+    assert "--prototxt and --fast apply to one --model" in capsys.readouterr().err
+    assert main(["serve", "--ray", "--model", str(small_model), "--model", "salicon_osie"]) == 2
+    assert "serve --ray serves one --model" in capsys.readouterr().err

@@ -163,11 +163,14 @@ def add_out(p: argparse.ArgumentParser, metavar: str, what: str, required: bool 
                    help=what)
 
 
-def add_model(p: argparse.ArgumentParser, fast: bool = True) -> None:
-    """--model and --prototxt (with its shorthand --fast)."""
-    p.add_argument("--model", help="a registered model's name (salicon models lists them) or trained weights, "
-                                   ".caffemodel or .safetensors (default: salicon_osie, the shipped pretrained "
-                                   "model, SALICON trained on OSIE)")
+def add_model(p: argparse.ArgumentParser, fast: bool = True, many: bool = False) -> None:
+    """--model (repeatable with ``many``) and --prototxt (with its shorthand --fast)."""
+    p.add_argument("--model", action="append" if many else "store",
+                   help="a registered model's name (salicon models lists them) or trained weights, "
+                        ".caffemodel or .safetensors (default: salicon_osie, the shipped pretrained "
+                        "model, SALICON trained on OSIE)"
+                        + ("; give it again to serve several models (the first is the default; the page and "
+                           "the API's model= choose)" if many else ""))
     if not fast:
         p.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
         return

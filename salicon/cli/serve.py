@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p = subcommand(sub, "serve", "web page and HTTP API for saliency maps (pip install -e \".[web]\")", __doc__)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=whole_number(1, 65535), default=7860, help="TCP port (1-65535)")
-    add_model(p)
+    add_model(p, many=True)
     add_engine(p, "pytorch (auto) or real Caffe through pycaffe (CPU)")
     add_postprocess(p, extra="; used unless a request names one")
     add_max_pixels(p, UPLOAD_MAX_PIXELS, "the server's limit")
@@ -62,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name, default in _RAY_ONLY.items():
         if getattr(args, name) != default:
             return usage_error(args, f"--{name.replace('_', '-')} applies to salicon serve --ray only")
-    from ..serve import SaliencyService, web_dependencies_missing
+    from ..serve import SaliencyService, model_name, web_dependencies_missing
     from ..webapp import run_server
 
     missing = web_dependencies_missing()
@@ -73,16 +73,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problem:  # before the model loads
         error(f"cannot serve on {args.host}:{args.port}: {problem}")
         return 1
-    try:
-        model = build_salicon(args)
-    except (SaliconError, ValueError) as exc:
-        return model_problem(exc, args)
-    service = SaliencyService(model, max_pixels=args.max_pixels, max_upload_bytes=int(args.max_upload_mb * 1e6),
+    names = args.model or [None]
+    if len(names) > 1 and args.prototxt is not None:
+        return usage_error(args, "--prototxt and --fast apply to one --model; several models each run their own net")
+    models = {}
+    for name in names:
+        try:
+            model = build_salicon(argparse.Namespace(**{**vars(args), "model": name}))
+        except (SaliconError, ValueError) as exc:
+            return model_problem(exc, args)
+        if model_name(model) in models:
+            return usage_error(args, f"--model {name}: {model_name(model)} is given twice")
+        models[model_name(model)] = model
+    service = SaliencyService(models, max_pixels=args.max_pixels, max_upload_bytes=int(args.max_upload_mb * 1e6),
                               batch_size=args.batch_size, max_queue=args.queue)
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
-    print(f"salicon serve: {model.model_path.name} ({model.precision}, {model.runtime}) on {model.device}; open {url} "
-          f"(API: {url}/docs); "
-          f"Ctrl-C stops", file=sys.stderr)
+    served = "; ".join(f"{name}: {m.model_path.name} ({m.precision}, {m.runtime}) on {m.device}"
+                       for name, m in models.items())
+    print(f"salicon serve: {served}; open {url} (API: {url}/docs); Ctrl-C stops", file=sys.stderr)
     run_server(service, args.host, args.port, log_level="info" if args.verbose else "warning")
     return 0
 
@@ -110,6 +118,9 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
 
     address = None if args.ray == "local" else args.ray
     # Usage errors first: they need neither Ray nor the model.
+    if args.model and len(args.model) > 1:
+        return usage_error(args, "serve --ray serves one --model (one deployment per model: run it once for each)")
+    args = argparse.Namespace(**{**vars(args), "model": args.model[0] if args.model else None})
     if args.replicas is not None and args.max_replicas is not None:
         return usage_error(args, "give --replicas (a fixed number) or --min-replicas/--max-replicas (autoscaling), not both")
     try:

@@ -25,16 +25,36 @@ function clearError() {
   $("error").textContent = "";
 }
 
+// The served model the uploads go to (the server's models and the page's choice).
+function chosenModel() {
+  const models = (health && health.models) || [];
+  return models.find((m) => m.name === $("model-select").value) || models[0] || health;
+}
+
 function describeHealth(h) {
-  const sizes = Object.entries(h.input_sizes).map(([k, v]) => `${k} ${v[0]}x${v[1]}`).join(", ");
-  return `Model ${h.model} (${sizes}) on ${h.device}, ${h.precision}; post-processing: ${h.postprocess}; ` +
+  const m = chosenModel() || h;
+  const sizes = Object.entries(m.input_sizes).map(([k, v]) => `${k} ${v[0]}x${v[1]}`).join(", ");
+  const name = m.name ? `${m.name} (${m.model}; ${sizes})` : `${m.model} (${sizes})`;
+  return `Model ${name} on ${m.device}, ${m.precision}; post-processing: ${m.postprocess}; ` +
          `salicon ${h.version}.`;
+}
+
+function fillModelChoice(h) {
+  const models = h.models || [];
+  const select = $("model-select");
+  select.replaceChildren(...models.map((m) => {
+    const sizes = Object.values(m.input_sizes).map((v) => `${v[0]}x${v[1]}`).join(" / ");
+    return new Option(`${m.name} (${sizes}, ${m.precision})`, m.name, m.name === h.default_model);
+  }));
+  $("model-choice").hidden = models.length < 2;
+  select.onchange = () => { $("model-info").textContent = describeHealth(health); };
 }
 
 async function loadHealth() {
   try {
     const r = await fetch("/api/health");
     health = await r.json();
+    fillModelChoice(health);
     $("model-info").textContent = describeHealth(health);
     const mb = (health.limits.max_upload_bytes / 1e6).toFixed(0);
     const mp = health.limits.max_pixels ? `${(health.limits.max_pixels / 1e6).toFixed(0)} megapixels` : "no pixel limit";
@@ -118,7 +138,9 @@ function upload(file) {
     const form = new FormData();
     form.append("file", file, file.name);
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/api/saliency?format=json&keep=true");
+    const model = chosenModel();
+    const query = model && model.name ? `&model=${encodeURIComponent(model.name)}` : "";
+    xhr.open("POST", `/api/saliency?format=json&keep=true${query}`);
     xhr.responseType = "json";
     const waiting = pending.length ? ` (${pending.length} more waiting)` : "";
     let timer = null;
@@ -128,7 +150,7 @@ function upload(file) {
     xhr.upload.onload = () => {
       // The net runs now: the bar follows the server's measured time per image.
       const started = performance.now();
-      const expected = health && health.seconds_per_image ? health.seconds_per_image : null;
+      const expected = model && model.seconds_per_image ? model.seconds_per_image : null;
       const tick = () => {
         const s = (performance.now() - started) / 1000;
         const about = expected ? ` (about ${expected.toFixed(1)} s per image on ${health.device})` : "";
@@ -145,7 +167,7 @@ function upload(file) {
         reject(new Error(body.error || `${file.name}: the server answered ${xhr.status}`));
         return;
       }
-      if (health) health.seconds_per_image = body.seconds;
+      if (model) model.seconds_per_image = body.seconds;
       resolve({ file, url: URL.createObjectURL(file), ...body });
     };
     xhr.onerror = () => { clearInterval(timer); reject(new Error(`${file.name}: the server cannot be reached`)); };
