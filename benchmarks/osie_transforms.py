@@ -11,7 +11,7 @@ Transforms of an 800x600 image (fixations follow; those cut away are dropped):
   portrait   the central 450x600 (a portrait crop)
   letterbox  the image in an 800x800 black canvas (bars above and below)
 
-Writes the net's raw 38x50 maps (shipped model, fp32) as ``<transform>/<name>``,
+Writes the net's raw 38x50 maps (--model, default the shipped one; fp32) as ``<transform>/<name>``,
 the transformed fixations as ``<transform>/<name>/xy`` (x, y, subject) and the
 transformed image sizes as ``<transform>/<name>/size``. The net takes about
 10 s an image on 2 CPU cores.
@@ -64,11 +64,14 @@ def main() -> int:
     parser.add_argument("--names", type=Path, default=ROOT / "splits" / "osie_val.txt")
     parser.add_argument("--limit", type=int, default=30)
     parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--model", default="salicon_osie", help="a registered model's name or a weights file")
+    parser.add_argument("--runtime", default="pytorch")
+    parser.add_argument("--precision", default="fp32")
     args = parser.parse_args()
     dataset = open_dataset(f"osie:{args.osie}")
     samples = {s.name: s for s in dataset.samples}
     names = read_split(args.names)[:args.limit]
-    model = Salicon(device="cpu", precision="fp32")
+    model = Salicon(args.model, device="cpu", runtime=args.runtime, precision=args.precision)
     out: dict[str, np.ndarray] = {}
     if args.output.exists():
         with np.load(args.output) as z:

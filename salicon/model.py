@@ -47,6 +47,12 @@ def record_postprocess(model: PathLike, record: pretrained.ModelRecord | None = 
     return prior, default
 
 
+#: Images with more pixels have their map made after the runtime gives back the
+#: buffers it keeps between calls (OpenVINO: about 0.9 GB); re-allocating them costs
+#: little next to such an image's own work.
+HUGE_PIXELS = 1 << 26
+
+
 class Salicon:
     """The SALICON model: an image in, a saliency map at the image's size out.
 
@@ -251,6 +257,8 @@ class Salicon:
     def postprocess(self, raw: torch.Tensor, size: Sequence[int], post: PostProcess | None = None) -> np.ndarray:
         """The net's map made into the image's saliency map by ``post`` (default:
         this model's; the published output is min-max normalised and resized)."""
+        if int(size[0]) * int(size[1]) > HUGE_PIXELS and hasattr(self.net, "release_memory"):
+            self.net.release_memory()  # a huge map and its files need the memory more than the net's buffers
         return (post or self.post).apply(raw, size, self.resize)
 
     # ------------------------------------------------------------ public

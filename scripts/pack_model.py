@@ -1,6 +1,9 @@
 """Pack trained SALICON weights into the shipped float16 safetensors file.
 
     python scripts/pack_model.py SOURCE -o models/salicon_osie.safetensors
+    python scripts/pack_model.py runs/osie_fast/salicon_iter_5400.caffemodel --name salicon_osie_fast \
+        --prototxt models/salicon_osie_fast/salicon_model_osie_fast/salicon_osie_fast.prototxt \
+        -o models/salicon_osie_fast/salicon_model_osie_fast/salicon_osie_fast.safetensors
 
 SOURCE is a .caffemodel, a safetensors file, or a folder of ``model_part*.npz``
 files whose keys are ``"<layer>/<blob index>"`` (the layout of a training
@@ -46,14 +49,17 @@ def main() -> int:
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--name", default="salicon_osie", help="model name stored in the metadata")
     parser.add_argument("--input-scale", type=float, default=PUBLISHED_INPUT_SCALE)
+    parser.add_argument("--prototxt", type=Path, default=prototxt_path("salicon.prototxt"),
+                        help="the model's test net (default: prototxt/salicon.prototxt)")
     args = parser.parse_args()
 
     params = read_source(args.source)
-    net = Net(prototxt_path("salicon.prototxt"), phase="test")
+    net = Net(args.prototxt, phase="test")
     net.copy_from(params, strict=True, source=str(args.source))  # validates names and shapes
     kept = {name: params[name] for name in net.params}
     metadata = {
-        "format": "salicon", "name": args.name, "architecture": "prototxt/salicon.prototxt",
+        "format": "salicon", "name": args.name,
+        "architecture": f"prototxt/{args.prototxt.name}" if args.prototxt == prototxt_path("salicon.prototxt") else args.prototxt.name,
         "input_scale": repr(args.input_scale), "mean_bgr": ",".join(repr(m) for m in MEAN_BGR),
         "channel_order": "BGR", "blob_naming": "<layer>/<blob index>",
     }

@@ -245,3 +245,19 @@ def test_ray_with_int8_on_a_small_net(small_int8, small_prototxt, photo, tmp_pat
     model = Salicon(small_int8, small_prototxt, precision="int8")
     for it in items:
         assert np.abs(np.load(tmp_path / "maps" / f"{it.stem}.npy") - model.compute_saliency(it.source)).max() <= 1e-5
+
+
+def test_a_huge_image_has_the_net_give_back_its_buffers_first(small_model, small_prototxt, photo, monkeypatch):
+    import salicon.model as model_module
+    model = Salicon(small_model, small_prototxt, runtime="openvino", precision="fp32")
+    before = model.compute_saliency(photo)
+    released = []
+    real = model.net.release_memory
+    monkeypatch.setattr(model.net, "release_memory", lambda: released.append(1) or real(), raising=False)
+    model.compute_saliency(photo)
+    assert released == []  # an ordinary image keeps the buffers for the next call
+    monkeypatch.setattr(model_module, "HUGE_PIXELS", 100)
+    after = model.compute_saliency(photo)
+    assert released == [1]
+    np.testing.assert_array_equal(after, before)  # and the net still runs, with the same numbers
+    np.testing.assert_array_equal(model.compute_saliency(photo), before)

@@ -38,6 +38,8 @@ class RunnableNet(Protocol):
     ``input_shapes`` maps each input blob to N x 3 x H x W; ``blob_shapes``
     gives at least the outputs' shapes; calling it with the inputs by name
     returns the outputs by name (tensors for PyTorch, arrays for the others).
+    A net that keeps buffers between calls may also offer ``release_memory()``
+    (``Salicon`` calls it before making a huge image's full-size map).
     """
 
     input_shapes: Mapping[str, tuple]
