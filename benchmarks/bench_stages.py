@@ -30,7 +30,12 @@ from salicon.outputs import png_bytes  # noqa: E402
 from salicon.visualize import to_uint8  # noqa: E402
 
 PHOTOS = [(600, 800), (1080, 1920), (3000, 4000)]
-MODELS = {"int8 (CPU default)": {"precision": "auto"}, "pytorch fp32": {"precision": "fp32", "runtime": "pytorch"}}
+MODELS = {"int8 (CPU default)": {"precision": "auto"}, "pytorch fp32": {"precision": "fp32", "runtime": "pytorch"},
+          "openvino bf16": {"precision": "bf16", "runtime": "openvino"},
+          "salicon_osie_fast int8": {"model": "salicon_osie_fast", "precision": "auto"},
+          "salicon_osie_fast openvino bf16": {"model": "salicon_osie_fast", "precision": "bf16", "runtime": "openvino"},
+          "salicon_osie_fast pytorch fp32": {"model": "salicon_osie_fast", "precision": "fp32",
+                                             "runtime": "pytorch"}}
 
 
 def median_time(fn, repeat: int) -> float:
@@ -75,13 +80,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--configs", default=",".join(MODELS), help="which of: " + ", ".join(MODELS))
     args = parser.parse_args()
     rows = []
-    for label, options in MODELS.items():
-        model = Salicon(device="cpu", **options)
+    for label in args.configs.split(","):
+        options = dict(MODELS[label])
+        model = Salicon(options.pop("model", None), device="cpu", **options)
         for shape in PHOTOS:
             times = stages(model, photo_jpeg(shape), args.repeat)
-            rows.append({"model": label, "runtime": model.runtime, "precision": model.precision,
+            rows.append({"model": label, "name": model.name, "runtime": model.runtime, "precision": model.precision,
                          "photo": f"{shape[0]}x{shape[1]}", "seconds": times})
             print(f"{label:20s} {shape[0]:>5d}x{shape[1]:<5d} " + "  ".join(f"{k} {v:.3f}" for k, v in times.items()))
     write_rows(args.json, rows, repeat=args.repeat)

@@ -1,4 +1,4 @@
-"""Quality of the shipped model at each precision, measured as its model card is:
+"""Quality of a model (default: the shipped one) at each precision, measured as its model card is:
 `salicon evaluate`'s metrics on the OSIE test split for PyTorch fp32 (the exact
 path), OpenVINO int8 and OpenVINO bf16, each with the plain output
 (--postprocess none) and the default post-processing, in one run; plus, per
@@ -37,9 +37,10 @@ def main() -> int:
     parser.add_argument("--split", type=Path, default=ROOT / "splits" / "osie_test.txt")
     parser.add_argument("--limit", type=int, help="only the first N images (a quick check)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--model", default="salicon_osie", help="a registered model's name (default salicon_osie)")
     args = parser.parse_args()
 
-    models = {name: Salicon(device="cpu", **kw) for name, kw in PRECISIONS.items()}
+    models = {name: Salicon(args.model, device="cpu", **kw) for name, kw in PRECISIONS.items()}
     posts = {spec: models["fp32"].resolve_postprocess(spec) for spec in ("none", "default")}
     labels = [f"{m}[{p}]" for m in PRECISIONS for p in posts]
     raw_cc: dict[str, list[float]] = {"int8": [], "bf16": []}
@@ -68,7 +69,9 @@ def main() -> int:
     differences = {f"{name}[{spec}]": {m: means[f"{name}[{spec}]"][m] - means[f"fp32[{spec}]"][m] for m in METRICS}
                    for name in ("int8", "bf16") for spec in posts}
     report = {
-        "command": "python benchmarks/int8_quality.py --data OSIE" + (f" --limit {args.limit}" if args.limit else ""),
+        "command": "python benchmarks/int8_quality.py --data OSIE" + (f" --limit {args.limit}" if args.limit else "")
+                   + (f" --model {args.model}" if args.model != "salicon_osie" else ""),
+        "model": args.model,
         "split": str(args.split.relative_to(ROOT)) if args.split.resolve().is_relative_to(ROOT) else str(args.split),
         "images": len(names), "wall_time_s": round(time.perf_counter() - start, 1),
         "machine": {**cpu_features()},

@@ -63,4 +63,17 @@ def precision_context(precision: str, device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
-__all__ = ["PRECISIONS", "resolve_device", "check_precision", "precision_context"]
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (None where it cannot be told)."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        import psutil
+        return psutil.virtual_memory().available
+    except (ImportError, RuntimeError):
+        return None
+
+
+__all__ = ["PRECISIONS", "resolve_device", "check_precision", "precision_context", "free_memory"]

@@ -204,8 +204,15 @@ def model_folders() -> list[tuple[Path, str | None]]:
         for folder in sorted(p.parent for p in pyproject.parent.glob("*/__init__.py")):
             if folder.resolve() not in seen:
                 seen.add(folder.resolve())
-                folders.append((folder, pyproject.parent.name))
+                folders.append((folder, _project_name(pyproject)))
     return folders
+
+
+def _project_name(pyproject: Path) -> str:
+    """The ``[project] name`` of a model distribution's pyproject.toml (its folder's name if unreadable)."""
+    import re
+    found = re.search(r'^name\s*=\s*"([^"]+)"', pyproject.read_text(), re.M)
+    return found.group(1) if found else pyproject.parent.name
 
 
 def model_records() -> dict[str, ModelRecord]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .data import PreparedSample, open_dataset, prepare, split_names
-from .device import check_precision, precision_context, resolve_device
+from .device import check_precision, free_memory, precision_context, resolve_device
 from .engine import Net
 from .errors import SaliconError
 from .fixations import OSIE_SIGMA
@@ -186,16 +186,14 @@ class Trainer:
         if all(self.net.layer(self.net.step_names[i]).is_input for i in prefix.steps):
             self.say("cache_frozen: every layer learns or follows one that does; nothing to compute once")
             return None
-        size = 4 * sum(math.prod(self.net.blob_shapes[b]) for b in prefix.boundary)
-        count = len(self.train_set) + len(self.test_set)
-        last = max(prefix.steps)
-        free = _free_memory(self.device)
+        size, count = 4 * sum(math.prod(self.net.blob_shapes[b]) for b in prefix.boundary), len(self.train_set) + len(self.test_set)
+        free = free_memory(self.device)
         if free is not None and size * count > 0.8 * free:
             raise TrainingError(f"cache_frozen: the blobs to keep ({', '.join(prefix.boundary)}) take "
                                 f"{size * count / 2**30:.1f} GiB for {count} images, more than the "
                                 f"{free / 2**30:.1f} GiB free on {self.device}; freeze more layers (lr_mult 0) "
                                 f"or train without --cache-frozen")
-        self.say(f"cache_frozen: {len(prefix.steps)} layers up to {self.net.step_names[last]} run once per image; "
+        self.say(f"cache_frozen: {len(prefix.steps)} layers up to {self.net.step_names[max(prefix.steps)]} run once per image; "
                  f"keeping {', '.join(prefix.boundary)}: {size / 2**20:.1f} MiB per image, "
                  f"{size * count / 2**30:.2f} GiB for {count} images")
         return prefix
@@ -482,17 +480,6 @@ class _TorchBackend:
 
     def restore(self, state):
         self.solver.restore(state)
-
-
-def _free_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors on ``device`` (None where it cannot be told)."""
-    try:
-        if device.type == "cuda":
-            return torch.cuda.mem_get_info(device)[0]
-        import psutil
-        return psutil.virtual_memory().available
-    except (ImportError, RuntimeError):
-        return None
 
 
 def _describe(val: dict) -> str:

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from salicon.cli import main
+from salicon.pretrained import PROJECT_ROOT
 
 
 @pytest.fixture
@@ -397,11 +398,16 @@ def test_a_density_format_with_minmax_normalisation_is_a_usage_error(fmt, tmp_pa
     assert not out.exists()
 
 
-def test_int8_with_fast_is_a_usage_error_naming_fast(tmp_path, capsys):
+def test_int8_with_fast_runs_the_fast_models_int8_file_and_a_file_without_one_is_named(tmp_path, capsys):
+    pytest.importorskip("openvino")
     image = tmp_path / "a.png"
-    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
-    assert main(["predict", str(image), "-o", str(tmp_path / "o"), "--fast", "--precision", "int8"]) == 2
-    assert "--fast runs other input sizes" in capsys.readouterr().err
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", str(image), "-o", str(tmp_path / "o"), "--fast", "--precision", "int8", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "salicon_osie_fast" in err and "precision int8" in err and (tmp_path / "o" / "a.png").exists()
+    code = main(["predict", str(image), "-o", str(tmp_path / "p"), "--fast", "--model",
+                 str(PROJECT_ROOT / "models" / "salicon_osie.safetensors"), "--precision", "int8"])
+    assert code != 0 and "int8" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra", [["--runtime", "pytorch", "--precision", "int8"],

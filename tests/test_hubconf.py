@@ -61,4 +61,4 @@ def test_every_registered_model_is_an_entry_point():
     for name in model_records():  # torch.hub.list reads GitHub only; load finds each name locally
         assert callable(torch.hub.load(str(ROOT), name, source="local", device="cpu", precision="fp32").compute_saliency)
     fast = torch.hub.load(str(ROOT), "salicon_osie_fast", source="local", device="cpu", precision="fp32")
-    assert fast.name == "salicon_osie_fast" and fast.prototxt_path.name == "salicon_fast.prototxt"
+    assert fast.name == "salicon_osie_fast" and fast.prototxt_path.name == "salicon_osie_fast.prototxt"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -30,7 +31,8 @@ def test_every_model_distribution_holds_a_record_and_the_files_it_names():
         assert len(packages) == 1, f"{folder}: one package expected"
         for path in packages[0].glob("*.json"):
             record = records[path.stem]
-            assert record.folder == packages[0] and record.distribution == folder.name
+            assert record.folder.resolve() == packages[0].resolve()
+            assert record.distribution == re.search(r'^name = "(.+)"', (folder / "pyproject.toml").read_text(), re.M)[1]
             assert (packages[0] / record.weights_file).is_file()
             for entry in record.derived_files.values():
                 assert (packages[0] / entry["file"]).is_file()

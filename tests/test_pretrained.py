@@ -104,3 +104,21 @@ def test_a_distribution_cannot_take_a_name_already_registered(tmp_path, monkeypa
     _model_distribution(tmp_path, "salicon_osie", small_model, small_prototxt)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert model_records()["salicon_osie"].folder == default_model_path().parent
+
+
+def test_the_fast_model_is_registered_with_its_files_and_hashes():
+    from salicon.engine import Net
+    from salicon.pretrained import model_records, resolve_model
+    record = model_records()["salicon_osie_fast"]
+    assert record.distribution == "salicon-model-osie-fast"
+    spec = resolve_model("salicon_osie_fast")
+    assert spec.weights.parent == record.folder and file_sha256(spec.weights) == record.sha256
+    assert spec.prototxt == record.folder / "salicon_osie_fast.prototxt"
+    int8 = record.derived_files["int8"]
+    xml = record.folder / int8["file"]
+    assert file_sha256(xml) == int8["sha256"] and file_sha256(xml.with_suffix(".bin")) == int8["bin_sha256"]
+    assert int8["prototxt_sha256"] == file_sha256(spec.prototxt)
+    net = Net(spec.prototxt)
+    assert net.input_shapes["fine_scale"][2:] == (600, 800) and net.input_shapes["coarse_scale"][2:] == (300, 400)
+    assert net.blob_shapes["saliency_map_out"][2:] == (38, 50)
+    assert record.scores()["NSS"] > 2.0 and record.postprocess

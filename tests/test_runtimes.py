@@ -179,12 +179,12 @@ def test_models_lists_the_registered_models_and_model_name_runs_them(capsys, pho
     assert "salicon_osie: inputs 1200x1600 / 600x800" in out and "salicon_osie_fast: inputs 600x800 / 300x400" in out
     assert "NSS 2.709" in out
     fast = Salicon("salicon_osie_fast", device="cpu", precision="fp32")
-    assert fast.name == "salicon_osie_fast" and fast.prototxt_path.name == "salicon_fast.prototxt"
+    assert fast.name == "salicon_osie_fast" and fast.prototxt_path.name == "salicon_osie_fast.prototxt"
     assert dict(fast.net.input_shapes)["fine_scale"][2:] == (600, 800)
     assert main(["predict", str(photo_file), "-o", str(tmp_path / "o"), "--model", "salicon_osie_fast",
                  "--precision", "fp32", "--device", "cpu", "-q", "-v"]) == 0
     err = capsys.readouterr().err
-    assert "model salicon_osie_fast (" in err and "salicon_fast.prototxt" in err
+    assert "model salicon_osie_fast (" in err and "salicon_osie_fast.prototxt" in err
     assert main(["predict", str(photo_file), "-o", str(tmp_path / "p"), "--model", "no_such_model", "-q"]) == 1
     assert "no such registered model" in capsys.readouterr().err
 
@@ -194,7 +194,7 @@ def test_model_name_in_serve_and_evaluate(command):
     from salicon.cli.options import salicon_config
     args = build_parser().parse_args([*command, "--model", "salicon_osie_fast"])
     resolved = salicon_config(args).resolved()
-    assert resolved.name == "salicon_osie_fast" and resolved.prototxt.endswith("salicon_fast.prototxt")
+    assert resolved.name == "salicon_osie_fast" and resolved.prototxt.endswith("salicon_osie_fast.prototxt")
 
 
 def test_model_name_in_pysaliency():

@@ -261,3 +261,15 @@ def test_a_huge_image_has_the_net_give_back_its_buffers_first(small_model, small
     assert released == [1]
     np.testing.assert_array_equal(after, before)  # and the net still runs, with the same numbers
     np.testing.assert_array_equal(model.compute_saliency(photo), before)
+
+
+def test_the_fast_models_int8_maps_follow_its_fp32_maps_on_the_examples():
+    from salicon.metrics import cc
+    from salicon.pretrained import PROJECT_ROOT
+    fp32 = Salicon("salicon_osie_fast", device="cpu", precision="fp32", postprocess="none")
+    int8 = Salicon("salicon_osie_fast", device="cpu", precision="int8", postprocess="none")
+    assert int8.runtime == "openvino" and Salicon("salicon_osie_fast", device="cpu").precision == "int8"
+    photos = sorted((PROJECT_ROOT / "examples").glob("*.jpg"))
+    assert len(photos) >= 3
+    for photo in photos:
+        assert cc(int8.compute_saliency(photo), fp32.compute_saliency(photo)) >= 0.99, photo.name

@@ -404,3 +404,41 @@ layer { name: "cat" type: "Concat" bottom: "c2" bottom: "c3" bottom: "d1" top: "
     torch.testing.assert_close(again["cat"], full["cat"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="boundary blobs"):
         test_net(prefix=test_net.constant_prefix(), data=x)
+
+
+def test_the_fast_models_training_command_runs_on_a_small_copy_of_its_net(tmp_path):
+    """The model card's recipe (salicon_osie_fast): its train net at 64x64 / 32x32,
+    from salicon_osie's weights, bf16, --cache-frozen, a few steps, a snapshot
+    whose record names the net."""
+    from salicon.pretrained import PROJECT_ROOT
+    from .conftest import edit_prototxt
+    text = (PROJECT_ROOT / "prototxt" / "finetune_salicon_fast.prototxt").read_text()
+    net = tmp_path / "finetune_fast_small.prototxt"
+    net.write_text(edit_prototxt(text, {"1,3,600,800": "1,3,64,64", "1,3,300,400": "1,3,32,32",
+                                        "1,1,38,50": "1,1,4,4", "1,512,38,50": "1,512,4,4"}))
+    data = make_data(tmp_path / "data", n=4)
+    record = json.loads((PROJECT_ROOT / "models" / "salicon_osie_fast" / "salicon_model_osie_fast" /
+                         "salicon_osie_fast.json").read_text())
+    recipe = record["training"]["recipe"].split()
+    assert recipe[:2] == ["salicon", "train"] and "--cache-frozen" in recipe
+    args = recipe[2:]
+    swap = {"--data": str(data), "--split": None, "--prototxt": str(net), "--time-limit": "10m",
+            "--max-iter": "3", "--snapshot": "3", "--out": str(tmp_path / "run")}
+    kept = []
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        takes_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+        if flag in swap:
+            if swap[flag] is not None:
+                kept += [flag, swap[flag]]
+        else:
+            kept += args[i:i + 2] if takes_value else [flag]
+        i += 2 if takes_value else 1
+    assert main(["train", *kept, "--test", "1"]) == 0
+    snapshot = json.loads((tmp_path / "run" / "salicon_iter_3.json").read_text())
+    assert snapshot["training"]["net"] == str(net) and snapshot["training"]["iter"] == 3
+    trained = formats.load_caffemodel_arrays(tmp_path / "run" / "salicon_iter_3.caffemodel")
+    shipped, _ = formats.read_weights(PROJECT_ROOT / "models" / "salicon_osie.safetensors")
+    np.testing.assert_array_equal(trained["conv4_3"][0], np.asarray(shipped["conv4_3"][0], np.float32))  # frozen
+    assert not np.array_equal(trained["saliency_map"][0], np.asarray(shipped["saliency_map"][0], np.float32))

@@ -177,10 +177,9 @@ def add_model(p: argparse.ArgumentParser, fast: bool = True, many: bool = False)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prototxt", help="test net prototxt (default: prototxt/salicon.prototxt)")
     group.add_argument("--fast", dest="prototxt", action="store_const", const=FAST_PROTOTXT,
-                       help="the model salicon_osie_fast: half the input sizes (600x800 / 300x400, "
-                            "prototxt/salicon_fast.prototxt; with --model FILE, that file at these sizes): "
-                            "about 4x less arithmetic but less accurate maps with the shipped model "
-                            "(OSIE test NSS 2.02 against 2.71; see the README)")
+                       help="the model salicon_osie_fast: SALICON trained at half the input sizes (600x800 / "
+                            "300x400), about 4x less arithmetic (salicon models shows its scores); with --model "
+                            "FILE, that file at these sizes (prototxt/salicon_fast.prototxt)")
 
 
 def forward_variants(text: str) -> str:
@@ -282,9 +281,6 @@ def salicon_config(args: argparse.Namespace, **overrides):
     from ..runtimes import resolve
 
     fast = args.prototxt == FAST_PROTOTXT
-    if getattr(args, "precision", None) == "int8" and fast and args.model is None:
-        raise UsageError("--precision int8 runs the shipped model's int8 file, made for the full-size net; --fast "
-                         "runs other input sizes: use --fast with --precision fp32 or bf16, or int8 without --fast")
     # Every config field the subcommand has an option for (the option's dest is the field's name).
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(SaliconConfig) if hasattr(args, f.name)}
     options["engine"] = args.engine
