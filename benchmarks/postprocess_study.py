@@ -198,8 +198,8 @@ def main() -> int:
     all_priors = prior_set([items[n] for n in names])  # the shipped prior: fitted on all 600 training images
     shipped = make((blur, prior_kind, weight), all_priors)
     record = {
-        "command": "python benchmarks/postprocess_study.py --osie OSIE --raw-maps raw_maps_osie_all.npz "
-                   "--transformed runs/postprocess/transformed_raw.npz",
+        "command": "python benchmarks/postprocess_study.py " + " ".join(
+            "OSIE" if a == str(args.osie) else a for a in sys.argv[1:]),
         "environments": counts, "subsample": SUB, "metrics": list(METRICS), "candidates": results,
         "mean_rank": mean_rank, "eligible": eligible, "chosen": chosen,
         "shipped": {"postprocess": shipped.to_dict(), "center_prior_image": all_priors["learned_image"].to_dict(),
@@ -215,18 +215,21 @@ def main() -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1) + "\n")
     if args.record:
-        write_record(args.record, shipped, all_priors[prior_kind] or all_priors["learned_longer"], chosen)
+        write_record(args.record, shipped, all_priors[prior_kind] or all_priors["learned_longer"], chosen,
+                     args.json)
     return 0
 
 
-def write_record(path: Path, post: PostProcess, prior: CenterPrior, chosen: str) -> None:
+def write_record(path: Path, post: PostProcess, prior: CenterPrior, chosen: str, study: Path | None = None) -> None:
     """Store the default post-processing and the learned prior in a model's record."""
     record = json.loads(path.read_text())
     record["center_prior"] = prior.to_dict()
     record["postprocess"] = post.to_dict()
+    fitted = ("the centre prior is fitted to the fixations of all 600 training images" if "learned" in chosen
+              else "the centre prior is a fixed Gaussian, not fitted")
     record["postprocess_choice"] = (f"{chosen}: chosen on training data only by "
-                                    f"benchmarks/postprocess_study.py (benchmarks/results/postprocess_study.json); "
-                                    f"the centre prior is fitted to the fixations of all 600 training images")
+                                    f"benchmarks/postprocess_study.py ({study or 'benchmarks/results/postprocess_study.json'}); "
+                                    f"{fitted}")
     path.write_text(json.dumps(record, indent=1) + "\n")
 
 

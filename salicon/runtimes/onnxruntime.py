@@ -52,6 +52,9 @@ class ONNXRuntimeNet:
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
         ort = import_onnxruntime()
         options = ort.SessionOptions()
+        # No CPU memory arena: the net's intermediate buffers (about 1 GB at full size) go back after every
+        # call instead of staying held, so a huge image's map and files have that memory.
+        options.enable_cpu_mem_arena = False
         if threads:
             options.intra_op_num_threads = int(threads)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
