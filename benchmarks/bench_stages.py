@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Where the time of one ``compute_saliency`` goes: decode, input resize, net,
 post-processing and PNG encoding, each timed on its own (median of --repeat
-after a warm-up), for the CPU default (int8 on OpenVINO) and PyTorch fp32, on
+after a warm-up), for each model (salicon_osie, salicon_osie_fast) and
+precision (int8 on OpenVINO, the CPU default; PyTorch fp32; OpenVINO bf16), on
 photos of three sizes. The stages add up to ``compute_saliency`` plus
 ``salicon predict``'s encoding.
 
-    python benchmarks/bench_stages.py --json benchmarks/results/stages_2core.json
+    python benchmarks/bench_stages.py --repeat 3 --json benchmarks/results/stages_2core.json \
+        --configs "int8 (CPU default),pytorch fp32"
+    python benchmarks/bench_stages.py --repeat 5 --photos 600x800 --json benchmarks/results/stages_models_2core.json
 """
 from __future__ import annotations
 
@@ -81,12 +84,14 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--configs", default=",".join(MODELS), help="which of: " + ", ".join(MODELS))
+    parser.add_argument("--photos", default=",".join(f"{h}x{w}" for h, w in PHOTOS),
+                        help="photo sizes HxW, comma-separated (default: 600x800,1080x1920,3000x4000)")
     args = parser.parse_args()
     rows = []
     for label in args.configs.split(","):
         options = dict(MODELS[label])
         model = Salicon(options.pop("model", None), device="cpu", **options)
-        for shape in PHOTOS:
+        for shape in [tuple(int(v) for v in p.split("x")) for p in args.photos.split(",")]:
             times = stages(model, photo_jpeg(shape), args.repeat)
             rows.append({"model": label, "name": model.name, "runtime": model.runtime, "precision": model.precision,
                          "photo": f"{shape[0]}x{shape[1]}", "seconds": times})

@@ -4,7 +4,7 @@ the benchmarks that measured them (nothing is re-run):
 
 - quality: ``benchmarks/results/osie_test_int8*.json`` (benchmarks/int8_quality.py:
   the OSIE test split, default output, per model and precision);
-- speed: ``benchmarks/results/stages_2core.json`` (benchmarks/bench_stages.py:
+- speed: ``benchmarks/results/stages_models_2core.json`` (benchmarks/bench_stages.py:
   median ``compute_saliency`` of a 600x800 photo on the 2-core machine).
 
     python benchmarks/plot_quality_speed.py -o docs/images/quality_speed.png
@@ -35,7 +35,7 @@ def points(photo: str = "600x800") -> list[dict]:
             precision, post = label.rstrip("]").split("[")
             if post == "default":
                 quality[(report.get("model", "salicon_osie"), precision)] = means
-    stages = json.loads((RESULTS / "stages_2core.json").read_text())
+    stages = json.loads((RESULTS / "stages_models_2core.json").read_text())
     out = []
     for row in stages["rows"]:
         key = ROWS.get(row["model"])
