@@ -256,7 +256,8 @@ def resolve_model(model: PathLike | None = None, prototxt: PathLike | None = Non
             raise SaliconError(f"model {text!r}: no such registered model or file (registered: "
                                f"{', '.join(records) or 'none'}; salicon models lists them)")
         record = records[text]
-        weights = (record.folder or default_model_path().parent) / (record.weights_file or "")
+        weights = (default_model_path() if record.distribution is None and record.weights_file == DEFAULT_MODEL
+                   else (record.folder or default_model_path().parent) / (record.weights_file or ""))
         if not weights.is_file():
             raise SaliconError(f"the shipped pretrained model is missing ({weights}, model {text!r}); reinstall "
                                f"the package or pass a trained .caffemodel / .safetensors file as the model")

@@ -280,6 +280,10 @@ def salicon_config(args: argparse.Namespace, **overrides):
     from ..errors import OptionError
     from ..runtimes import resolve
 
+    if isinstance(args.model, list):  # serve's repeatable --model: one configuration per model
+        if len(args.model) > 1:
+            raise UsageError("one --model here (salicon serve builds one configuration per --model)")
+        args = argparse.Namespace(**{**vars(args), "model": args.model[0] if args.model else None})
     fast = args.prototxt == FAST_PROTOTXT
     # Every config field the subcommand has an option for (the option's dest is the field's name).
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(SaliconConfig) if hasattr(args, f.name)}
