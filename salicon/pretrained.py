@@ -170,6 +170,9 @@ class ModelSpec:
     record: ModelRecord | None
 
 
+#: The models this project publishes as distributions of their own, by name.
+MODEL_DISTRIBUTIONS = {"salicon_osie_fast": "salicon-model-osie-fast"}
+
 #: Entry point group of model distributions: each entry point names a module whose
 #: folder holds model records (``<name>.json``) and the files they name.
 ENTRY_POINT_GROUP = "salicon.models"
@@ -253,6 +256,10 @@ def resolve_model(model: PathLike | None = None, prototxt: PathLike | None = Non
     if _looks_like_a_name(text) and not Path(text).exists():
         records = model_records()
         if text not in records:
+            if text in MODEL_DISTRIBUTIONS:
+                raise SaliconError(f"model {text!r} is not installed: it is the distribution "
+                                   f"{MODEL_DISTRIBUTIONS[text]} (from a source checkout: pip install -e "
+                                   f"models/{text}; salicon models lists what is installed)")
             raise SaliconError(f"model {text!r}: no such registered model or file (registered: "
                                f"{', '.join(records) or 'none'}; salicon models lists them)")
         record = records[text]

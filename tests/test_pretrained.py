@@ -122,3 +122,12 @@ def test_the_fast_model_is_registered_with_its_files_and_hashes():
     assert net.input_shapes["fine_scale"][2:] == (600, 800) and net.input_shapes["coarse_scale"][2:] == (300, 400)
     assert net.blob_shapes["saliency_map_out"][2:] == (38, 50)
     assert record.scores()["NSS"] > 2.0 and record.postprocess
+
+
+def test_a_model_distribution_not_installed_says_how_to_install_it(monkeypatch):
+    from salicon import pretrained
+    records = pretrained.model_records()
+    monkeypatch.setattr(pretrained, "model_records", lambda: {k: v for k, v in records.items()
+                                                              if k != "salicon_osie_fast"})
+    with pytest.raises(SaliconError, match="is not installed: it is the distribution salicon-model-osie-fast"):
+        pretrained.resolve_model("salicon_osie_fast")
