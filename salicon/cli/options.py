@@ -270,6 +270,11 @@ class UsageError(ValueError):
     """Options that do not go together (int8 on PyTorch, real Caffe with OpenVINO): exit status 2."""
 
 
+def with_model(args: argparse.Namespace, model: str | None) -> argparse.Namespace:
+    """A copy of ``args`` with one ``--model`` (for commands that take it several times)."""
+    return argparse.Namespace(**{**vars(args), "model": model})
+
+
 def salicon_config(args: argparse.Namespace, **overrides):
     """The :class:`~salicon.config.SaliconConfig` the arguments describe (--model,
     --prototxt/--fast, --device, --engine, --runtime, --precision, --input-scale
@@ -283,7 +288,7 @@ def salicon_config(args: argparse.Namespace, **overrides):
     if isinstance(args.model, list):  # serve's repeatable --model: one configuration per model
         if len(args.model) > 1:
             raise UsageError("one --model here (salicon serve builds one configuration per --model)")
-        args = argparse.Namespace(**{**vars(args), "model": args.model[0] if args.model else None})
+        args = with_model(args, args.model[0] if args.model else None)
     fast = args.prototxt == FAST_PROTOTXT
     # Every config field the subcommand has an option for (the option's dest is the field's name).
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(SaliconConfig) if hasattr(args, f.name)}

@@ -15,7 +15,7 @@ from ..errors import SaliconError
 from ..serve import UPLOAD_MAX_PIXELS
 from .options import (usage_error, add_engine, add_max_pixels, add_model, add_postprocess, build_salicon, error, model_problem,
                       non_negative_int, positive_float, positive_int, ray_problem, phrase, salicon_config, subcommand,
-                      whole_number)
+                      whole_number, with_model)
 
 
 def add_parser(sub) -> None:
@@ -79,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = {}
     for name in names:
         try:
-            model = build_salicon(argparse.Namespace(**{**vars(args), "model": name}))
+            model = build_salicon(with_model(args, name))
         except (SaliconError, ValueError) as exc:
             return model_problem(exc, args)
         if model_name(model) in models:
@@ -120,7 +120,7 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
     # Usage errors first: they need neither Ray nor the model.
     if args.model and len(args.model) > 1:
         return usage_error(args, "serve --ray serves one --model (one deployment per model: run it once for each)")
-    args = argparse.Namespace(**{**vars(args), "model": args.model[0] if args.model else None})
+    args = with_model(args, args.model[0] if args.model else None)
     if args.replicas is not None and args.max_replicas is not None:
         return usage_error(args, "give --replicas (a fixed number) or --min-replicas/--max-replicas (autoscaling), not both")
     try:
