@@ -30,6 +30,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".we
                   ".ppm", ".pgm", ".pnm", ".jfif"}
 #: The image formats those suffixes stand for, as messages and the web page name them.
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WebP", "PNM")
+#: File suffixes read as videos (salicon.video), by ``salicon predict`` among images.
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
+                            ".m2ts", ".wmv", ".flv", ".3gp", ".ogv", ".y4m"})
+
+
+def is_video_name(name: str | os.PathLike) -> bool:
+    """Whether a file name (or URI) has one of the video suffixes."""
+    return Path(str(name).split("://")[-1]).suffix.lower() in VIDEO_SUFFIXES
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
@@ -252,6 +260,9 @@ def _decode_errors(name: str, max_pixels: int | None):
     try:
         yield
     except UnidentifiedImageError:
+        if is_video_name(name):
+            raise ImageError(f"{name}: is a video, not an image; Salicon.video_saliency(path) gives a map per "
+                             f"frame, and `salicon predict` writes map videos") from None
         raise ImageError(f"{name}: not an image file (PIL cannot identify its format)") from None
     except Image.DecompressionBombError as exc:  # PIL's own threshold, met before the header is ours to see
         found = re.search(r"\((\d+) pixels\)", str(exc))

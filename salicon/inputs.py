@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Collection, Sequence
 
 from .errors import SaliconError
-from .image import IMAGE_SUFFIXES
+from .image import IMAGE_SUFFIXES, is_video_name
 from .types import PathLike
 
 #: Files read as lists of images (one path or URI per line / row).
@@ -87,15 +87,18 @@ def read_bytes(source: str) -> bytes:
         return fh.read()
 
 
-def list_inputs(inputs: Sequence[str], recursive: bool = False) -> tuple[list[Item], list[str]]:
+def list_inputs(inputs: Sequence[str], recursive: bool = False,
+                suffixes: Collection[str] = IMAGE_SUFFIXES) -> tuple[list[Item], list[str]]:
     """The images named by ``inputs`` (files, folders, globs, list files, URIs)
-    with unique output stems, and one problem message per input that names none."""
+    with unique output stems, and one problem message per input that names none.
+    Folders and globs take the files whose suffix is in ``suffixes`` (``salicon
+    predict`` adds the video suffixes)."""
     found: list[tuple[str, str]] = []
     problems: list[str] = []
     for arg in inputs:
         before = len(found)
         try:
-            found.extend(_expand(arg, recursive))
+            found.extend(_expand(arg, recursive, frozenset(suffixes)))
         except InputError as exc:
             problems.append(str(exc))
             continue
@@ -126,30 +129,35 @@ def unique_stems(items: Sequence[tuple[str, str]]) -> list[str]:
     return out
 
 
-def _expand(arg: str, recursive: bool) -> list[tuple[str, str]]:
+def _has_suffix(name: str, suffixes: Collection[str]) -> bool:
+    return PurePosixPath(name).suffix.lower() in suffixes
+
+
+def _expand(arg: str, recursive: bool, suffixes: Collection[str]) -> list[tuple[str, str]]:
     if is_uri(arg):
-        return _expand_uri(arg, recursive)
+        return _expand_uri(arg, recursive, suffixes)
     if any(c in arg for c in "*?["):
         matches = sorted(glob.glob(arg, recursive=True))
-        return _with_common_stems([m for m in matches if os.path.isfile(m) and is_image_name(m)])
+        return _with_common_stems([m for m in matches if os.path.isfile(m) and _has_suffix(m, suffixes)])
     path = Path(arg)
     if path.is_dir():
-        return [(str(f), f.relative_to(path).with_suffix("").as_posix()) for f in image_files(path, recursive)]
+        return [(str(f), f.relative_to(path).with_suffix("").as_posix())
+                for f in image_files(path, recursive, suffixes)]
     if not path.exists():
         raise InputError(f"{arg}: no such file or folder")
     return _file_entry(arg)
 
 
-def _expand_uri(arg: str, recursive: bool) -> list[tuple[str, str]]:
+def _expand_uri(arg: str, recursive: bool, suffixes: Collection[str]) -> list[tuple[str, str]]:
     from pyarrow import fs
 
     filesystem, path = split_uri(arg)
     if any(c in path for c in "*?["):
         folder, pattern = path.rsplit("/", 1) if "/" in path else ("", path)
-        return _list_uri_folder(_join_uri(arg, folder), recursive or "**" in pattern, pattern)
+        return _list_uri_folder(_join_uri(arg, folder), recursive or "**" in pattern, suffixes, pattern)
     info = filesystem.get_file_info(path)
     if info.type == fs.FileType.Directory:
-        return [(u, str(PurePosixPath(rel).with_suffix(""))) for u, rel in _list_uri_folder(arg, recursive)]
+        return [(u, str(PurePosixPath(rel).with_suffix(""))) for u, rel in _list_uri_folder(arg, recursive, suffixes)]
     if info.type == fs.FileType.NotFound:
         raise InputError(f"{arg}: no such file or folder")
     return _file_entry(arg)
@@ -160,7 +168,8 @@ def _join_uri(base_uri: str, path: str) -> str:
     return f"{scheme}://{path}" if scheme != "file" else f"file://{path}"
 
 
-def _list_uri_folder(uri: str, recursive: bool, pattern: str | None = None) -> list[tuple[str, str]]:
+def _list_uri_folder(uri: str, recursive: bool, suffixes: Collection[str] = IMAGE_SUFFIXES,
+                     pattern: str | None = None) -> list[tuple[str, str]]:
     """(URI, path relative to the folder) of the images below a folder URI."""
     from pyarrow import fs
 
@@ -170,7 +179,7 @@ def _list_uri_folder(uri: str, recursive: bool, pattern: str | None = None) -> l
     found = []
     for info in sorted(infos, key=lambda i: i.path):
         rel = posixpath.relpath(info.path, root)
-        if info.type == fs.FileType.File and is_image_name(rel) and (not pattern or fnmatch.fnmatch(rel, pattern)):
+        if info.type == fs.FileType.File and _has_suffix(rel, suffixes) and (not pattern or fnmatch.fnmatch(rel, pattern)):
             found.append((_join_uri(uri, info.path), rel))
     return found
 
@@ -202,7 +211,8 @@ def read_list(source: str) -> list[str]:
         if not rows:
             return []
         column = rows[0].index("path") if "path" in rows[0] else 0
-        body = rows[1:] if ("path" in rows[0] or not is_image_name(rows[0][column])) else rows
+        first = rows[0][column]
+        body = rows[1:] if ("path" in rows[0] or not (is_image_name(first) or is_video_name(first))) else rows
         return [r[column].strip() for r in body if len(r) > column and r[column].strip()]
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 

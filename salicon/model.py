@@ -268,6 +268,19 @@ class Salicon:
         raw = self.forward({k: v[None] for k, v in inputs.items()})
         return self.postprocess(raw[0], size)
 
+    def video_saliency(self, path: PathLike, fps: float | None = None, every: int | None = None,
+                       smoothing: float | None = None, batch_size: int = 1) -> Iterator[tuple[float, np.ndarray]]:
+        """Yield ``(timestamp_s, map)`` for the frames of the video at ``path`` that
+        the net runs on: every frame by default, at most ``fps`` a second of the
+        clip's time, or every ``every``-th frame. ``smoothing``: an exponential
+        moving average of the maps with this time constant in seconds. Frames
+        are decoded ahead in a thread; memory holds a few frames whatever the
+        clip's length. A clip that breaks mid-way raises
+        :class:`~salicon.video.VideoError` after the maps of the frames before it."""
+        from .video.pipeline import video_saliency
+
+        return video_saliency(self, path, fps=fps, every=every, smoothing=smoothing, batch_size=batch_size)
+
     def iter_saliency(self, images: Iterable[ImageLike], batch_size: int = 1, workers: int | None = None,
                       decode: str | None = None) -> Iterator[tuple[int, np.ndarray | Exception]]:
         """Yield ``(index, map)`` for each image, or ``(index, error)`` for one that

@@ -263,15 +263,17 @@ class OutputSpec:
         return list(self.targets(stem).values())
 
 
-def find_clashes(items: Sequence[Item], out: str, spec: OutputSpec) -> list[tuple[str, str]]:
-    """(input, output file) pairs where an output would overwrite an input image,
-    found before any work (local outputs only)."""
+def find_clashes(items: Sequence[Item], out: str, spec: OutputSpec,
+                 files_of: Callable[[Item], Sequence[str]] | None = None) -> list[tuple[str, str]]:
+    """(input, output file) pairs where an output would overwrite an input,
+    found before any work (local outputs only). ``files_of``: an item's output
+    files (default: ``spec.files`` of its stem)."""
     if is_uri(out):
         return []
     sources = {os.path.realpath(it.source): it.source for it in items if not is_uri(it.source)}
     clashes = []
     for it in items:
-        for rel in spec.files(it.stem):
+        for rel in (files_of(it) if files_of else spec.files(it.stem)):
             target = os.path.realpath(os.path.join(out, rel))
             if target in sources:
                 clashes.append((sources[target], os.path.join(out, rel)))

@@ -18,11 +18,12 @@ LAYERS = {
     "salicon.proto.caffe_pb2": 0,
     # 1: arrays in, arrays out
     "salicon.image": 1, "salicon.preprocess": 1, "salicon.metrics": 1, "salicon.device": 1,
-    "salicon.fixations": 1,
+    "salicon.fixations": 1, "salicon.video.temporal": 1,
     # 2: what users name and see
     "salicon.inputs": 2, "salicon.visualize": 2, "salicon.postprocess": 2, "salicon.decode": 2,
+    "salicon.video.reader": 2,
     # 3: everything written to disk
-    "salicon.outputs": 3,
+    "salicon.outputs": 3, "salicon.video.writer": 3,
     # 4: file formats
     "salicon.formats": 4,
     # 5: the engine, shipped files, data sets
@@ -36,7 +37,7 @@ LAYERS = {
     "salicon.runtimes.openvino": 6, "salicon.runtimes.onnxruntime": 6, "salicon.runtimes.caffe": 6,
     "salicon.config": 6,
     # 7: the model
-    "salicon.model": 7,
+    "salicon.model": 7, "salicon.video": 7, "salicon.video.pipeline": 7,
     # 8: applications of the model
     "salicon.train": 8, "salicon.batch": 8, "salicon.serve": 8, "salicon.pysaliency": 8,
     "salicon.pycaffe": 8, "salicon.pycaffe.__main__": 8, "salicon.pycaffe.net": 8, "salicon.pycaffe.solvers": 8,
@@ -45,6 +46,7 @@ LAYERS = {
     # 10: the command line
     "salicon.cli.options": 10, "salicon.cli.predict": 10, "salicon.cli.evaluate": 10, "salicon.cli.train": 10,
     "salicon.cli.serve": 10, "salicon.cli.models": 10, "salicon.cli.export": 10, "salicon.cli": 10,
+    "salicon.cli.video": 10,
     # 11: the package's front door
     "salicon": 11, "salicon.__main__": 11,
 }

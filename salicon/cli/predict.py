@@ -6,6 +6,9 @@ submission: the MIT/Tübingen benchmark's and pysaliency's form). Inputs are
 image files, folders (their image files), globs and .txt/.csv/.parquet lists
 of paths. A file that fails is reported and skipped; the exit status is 1 if
 any failed.
+
+Videos among the inputs (.mp4, .mov, .mkv, .webm, .avi, ...) get a map video
+each, with the same size, frame count and timing (see the video options).
 """
 from __future__ import annotations
 
@@ -18,12 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from ..errors import SaliconError
-from ..image import DEFAULT_MAX_PIXELS, load_image_rows
+from ..image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image_rows
 from ..inputs import Item, is_uri, list_inputs
 from ..outputs import (MAP_FORMATS, STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder,
                        find_clashes, remove_empty_folders, write_map)
 from .options import (usage_error, add_engine, add_max_pixels, add_model, add_out, add_postprocess, add_quiet, build_salicon, error,
                       model_problem, phrase, plural, positive_int, ray_problem, salicon_config, subcommand)
+from .video import add_video_options, run_videos, split_videos, video_outputs, videos_problem
 
 #: What --ray accepts as a cluster address (anything else after --ray is an input).
 RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+)$")
@@ -43,7 +47,8 @@ def unit_fraction(text: str) -> float:
 
 def add_parser(sub) -> None:
     p = subcommand(sub, "predict", "write a saliency map for each image", __doc__)
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, folders, globs or list files")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                   help="image and video files, folders, globs or list files")
     add_out(p, "OUTDIR", "folder for the maps")
     add_model(p)
     add_engine(p, "pytorch (auto) or real Caffe through pycaffe (CPU; scripts/install_caffe.sh)")
@@ -70,6 +75,7 @@ def add_parser(sub) -> None:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say how the net runs first: runtime, precision, device and, for each Python layer, "
                         "the file and its implementation (native or as written)")
+    add_video_options(p)
     _add_ray_options(p)
     p.set_defaults(func=cmd_predict)
 
@@ -105,19 +111,25 @@ def _prepare(args: argparse.Namespace, spec: OutputSpec, local_only: bool) -> tu
     created, after every check that needs no model: inputs, the output folder,
     outputs that would overwrite inputs. An exit status instead when the job
     cannot start."""
-    items, problems = list_inputs(args.inputs, args.recursive)
+    from ..video import VIDEO_SUFFIXES
+
+    items, problems = list_inputs(args.inputs, args.recursive, IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     if local_only:
         remote = [it for it in items if is_uri(it.source)]
         problems += [f"{it.source}: URIs are read by --ray jobs; download the file or add --ray" for it in remote]
         items = [it for it in items if not is_uri(it.source)]
     for problem in problems:
         error(problem)
+    videos = set(split_videos(items)[1])
     if not items:
-        error("no images to process")
+        error("no images or videos to process")
         return 1
-    clashes = find_clashes(items, args.out, spec)
+    outputs = video_outputs(args)
+    clashes = find_clashes(items, args.out, spec,
+                           lambda it: outputs.files(it.stem) if it in videos else spec.files(it.stem))
     if clashes:
-        error(f"output {clashes[0][1]} would overwrite the input image {clashes[0][0]}"
+        kind = "video" if any(it.source == clashes[0][0] for it in videos) else "image"
+        error(f"output {clashes[0][1]} would overwrite the input {kind} {clashes[0][0]}"
               + (f" (and {plural(len(clashes) - 1, 'other')})" if len(clashes) > 1 else "")
               + "; choose another -o")
         return 1
@@ -141,6 +153,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if isinstance(prepared, int):
         return prepared
     items, not_found, created = prepared
+    problem = videos_problem(args, split_videos(items)[1])
+    if problem is not None:
+        remove_empty_folders(created)
+        return usage_error(args, problem)
     run = _predict_on_ray if args.ray is not None else _predict_here
     return run(args, items, spec, not_found, created)
 
@@ -166,13 +182,20 @@ def _predict_here(args: argparse.Namespace, items: list[Item], spec: OutputSpec,
     if args.verbose:
         for line in describe_model(model):
             print(f"salicon: {line}", file=sys.stderr)
+    images, videos = split_videos(items)
     counts = WriteCounts(spec.kinds(), failed=not_found)
-    _run(model, items, args, spec, counts)
-    if not any(counts.written.values()):
+    if images:
+        _run(model, images, args, spec, counts)
+    clips_written, clips_failed = run_videos(model, videos, args) if videos else (0, 0)
+    if not any(counts.written.values()) and not clips_written:
         remove_empty_folders(created)
     if not args.quiet:
-        print(counts.summary(args.out), file=sys.stderr)
-    return 1 if counts.failed else 0
+        if images or not videos:
+            print(counts.summary(args.out), file=sys.stderr)
+        if videos:
+            print(f"salicon: {plural(clips_written, 'video')} written to {args.out}"
+                  + (f", {clips_failed} failed" if clips_failed else ""), file=sys.stderr)
+    return 1 if counts.failed or clips_failed else 0
 
 
 def describe_model(model) -> list[str]:
