@@ -17,6 +17,9 @@ Routes (see the README for curl lines):
   ``overlay``, ``alpha``, ``threshold``, ``keep``.
 - ``GET /api/results/{id}/map.png|map.npy|overlay.png``: a kept result.
 - ``GET /api/health``: model, device, version, limits, queue.
+- ``POST /api/video``: multipart ``file`` (a short clip); answers 202 with a job
+  (:mod:`salicon.serve_video`); ``GET /api/jobs/{id}`` its progress,
+  ``GET /api/jobs/{id}/map.mp4|overlay.mp4`` its result, ``DELETE`` cancels.
 - ``GET /api/examples``, ``GET /examples/{name}``: the shipped example images.
 """
 from __future__ import annotations
@@ -88,11 +91,15 @@ class InferenceWorker:
     def waiting(self) -> int:
         return self._jobs.qsize()
 
-    def submit(self, inputs: dict[str, torch.Tensor]) -> Future:
-        """Queue one image's net inputs (name -> 3xHxW); the future gives its raw map."""
+    def submit(self, inputs: dict[str, torch.Tensor], wait: bool = False) -> Future:
+        """Queue one image's net inputs (name -> 3xHxW); the future gives its raw map.
+        A full queue answers 503, or with ``wait`` (video frames) is waited on."""
         job = _Job(inputs)
         try:
-            self._jobs.put_nowait(job)
+            if wait:
+                self._jobs.put(job)
+            else:
+                self._jobs.put_nowait(job)
         except queue.Full:
             raise RequestError(503, f"the server is busy ({self._jobs.maxsize} images waiting); "
                                     f"try again in a moment") from None
@@ -212,7 +219,8 @@ class SaliencyService:
 
     def __init__(self, model: Salicon | Mapping[str, Salicon], *, max_pixels: int | None = UPLOAD_MAX_PIXELS,
                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, batch_size: int | None = None,
-                 max_queue: int = 16, prepare_slots: int = 2, cache: ResultCache | None = None):
+                 max_queue: int = 16, prepare_slots: int = 2, cache: ResultCache | None = None,
+                 videos: Mapping[str, Any] | None = None):
         #: The models served, by name (the first is the default); each has its own queue for the net.
         self.models: dict[str, Salicon] = dict(model) if isinstance(model, Mapping) else {model_name(model): model}
         if not self.models:
@@ -230,6 +238,12 @@ class SaliencyService:
         self.failed_requests = 0
         #: Extra fields of /api/health (which server and replica answered, on Ray Serve).
         self.labels: dict[str, Any] = {}
+        #: Video jobs (POST /api/video), with ``videos`` as their options; None: not served here.
+        self.videos = None
+        if videos is not None:
+            from .serve_video import VideoService
+
+            self.videos = VideoService(self, **videos)
 
     @property
     def model(self) -> Salicon:
@@ -251,6 +265,8 @@ class SaliencyService:
         return name
 
     def close(self) -> None:
+        if self.videos is not None:
+            self.videos.close()
         for worker in self.workers.values():
             worker.close()
 
@@ -271,7 +287,10 @@ class SaliencyService:
             "models": [{**self._describe_model(name, model), "seconds_per_image": self.workers[name].seconds_per_image}
                        for name, model in self.models.items()],
             "batch_size": worker.batch_size,
-            "limits": {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels},
+            "limits": {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
+                       **(self.videos.limits() if self.videos is not None else {})},
+            "video": self.videos is not None,
+            "jobs": self.videos.jobs.counts() if self.videos is not None else {},
             "formats": list(IMAGE_FORMATS),
             "queue": {"waiting": sum(w.waiting for w in self.workers.values()),
                       "running": sum(w.busy for w in self.workers.values())},

@@ -56,6 +56,7 @@ class ServeOptions:
     port: int = 7860
     request_timeout_s: float = 300.0
     address: str | None = None
+    token: str | None = None            # required on every route when given (salicon.webauth)
 
     def __post_init__(self):
         lo, hi = self.min_replicas, self.max_replicas
@@ -150,13 +151,14 @@ class SaliconReplica:
         self.service = SaliencyService(model, max_pixels=options.max_pixels,
                                        max_upload_bytes=options.max_upload_bytes, batch_size=options.batch_size,
                                        max_queue=options.max_queue, cache=SharedResultCache(store))
+        self.token = options.token
         self.service.labels = {"server": "ray serve", "replica": str(context.replica_id.unique_id),
                                "pid": os.getpid()}
 
     def __serve_build_asgi_app__(self):
         from .webapp import create_app
 
-        return create_app(self.service)
+        return create_app(self.service, self.token)
 
 
 def build_application(options: ServeOptions, resources: dict[str, float]):

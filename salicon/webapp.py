@@ -20,12 +20,13 @@ from urllib.parse import quote
 import numpy as np
 
 try:  # the optional web extra; FastAPI resolves the route annotations against this module
-    from fastapi import UploadFile
+    from fastapi import Request, UploadFile
 except ImportError:  # salicon serve explains what to install (web_dependencies_missing)
-    UploadFile = None
+    Request = UploadFile = None
 
 from ._version import __version__
 from .image import load_image
+from .jobs import JOB_FILES, JobError
 from .outputs import npy_bytes, png_bytes
 from .serve import RequestError, Result, SaliencyService, shipped_examples
 from .visualize import overlay as overlay_image
@@ -90,8 +91,9 @@ async def _send_json(send, status: int, body: dict) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def create_app(service: SaliencyService):
-    """The FastAPI application serving ``service``: the page, the API and its documentation."""
+def create_app(service: SaliencyService, token: str | None = None):
+    """The FastAPI application serving ``service``: the page, the API and its
+    documentation; with ``token``, every route needs it (:mod:`salicon.webauth`)."""
     from fastapi_offline import FastAPIOffline
 
     @asynccontextmanager
@@ -105,8 +107,14 @@ def create_app(service: SaliencyService):
     _add_error_handlers(app, service)
     _add_page_routes(app)
     _add_api_routes(app, service)
+    _add_video_routes(app, service)
     # Room for the multipart framing around a file of the limit's size.
-    return BodyLimit(app, service.max_upload_bytes + 64 * 1024, service.max_upload_bytes)
+    limited = BodyLimit(app, service.max_upload_bytes + 64 * 1024, service.max_upload_bytes)
+    if token:
+        from .webauth import TokenAuth
+
+        return TokenAuth(limited, token)
+    return limited
 
 
 def _add_error_handlers(app, service: SaliencyService) -> None:
@@ -122,6 +130,10 @@ def _add_error_handlers(app, service: SaliencyService) -> None:
 
     @app.exception_handler(RequestError)
     async def _request_error(_, exc: RequestError):
+        return error(exc.status, str(exc))
+
+    @app.exception_handler(JobError)
+    async def _job_error(_, exc: JobError):
         return error(exc.status, str(exc))
 
     @app.exception_handler(RequestValidationError)
@@ -224,6 +236,64 @@ def _add_api_routes(app, service: SaliencyService) -> None:
                         headers={"Content-Disposition": content_disposition("attachment", filename)})
 
 
+def _add_video_routes(app, service: SaliencyService) -> None:
+    """POST /api/video, GET and DELETE /api/jobs/{id}, GET /api/jobs/{id}/{file}."""
+    from fastapi import File, Query
+    from fastapi.responses import FileResponse, JSONResponse
+    from starlette.background import BackgroundTask
+    from starlette.concurrency import run_in_threadpool
+
+    def videos():
+        if service.videos is None:
+            from .video import video_problem
+
+            raise RequestError(501, video_problem() or "this server does not take videos (video jobs run on "
+                                                       "salicon serve without --ray: a job's files live on one machine)")
+        return service.videos
+
+    @app.post("/api/video", status_code=202, summary="start a video job: a map video of an uploaded clip")
+    async def video(request: Request, file: UploadFile | None = File(None, description="the clip"),
+                    fps: float | None = Query(None, gt=0, description="maps a second (default: 5 on a CPU, every "
+                                                                      "frame on a GPU)"),
+                    every: int | None = Query(None, ge=1, description="or: every N-th frame"),
+                    interpolate: bool = Query(False, description="blend the maps between computed frames"),
+                    smoothing: float | None = Query(None, ge=0, description="temporal smoothing, seconds"),
+                    overlay: bool = Query(True, description="also make overlay.mp4 (heatmap over the clip)"),
+                    model: str = Query("", description="which served model")):
+        jobs = videos()
+        if file is None or not hasattr(file, "read"):
+            raise RequestError(400, "no clip: send it as the multipart form field 'file' (curl -F file=@clip.mp4 ...)")
+        name = Path(file.filename or "upload.mp4").name or "upload.mp4"
+        data = await file.read()
+        await file.close()
+        client = request.client.host if request.client else "unknown"
+        options = {"fps": fps, "every": every, "interpolate": interpolate, "smoothing": smoothing, "overlay": overlay}
+        job = await run_in_threadpool(jobs.submit, name, data, client, options, model)
+        return JSONResponse(job.describe(jobs.jobs.retention_s), status_code=202,
+                            headers={"Location": f"/api/jobs/{job.id}"})
+
+    @app.get("/api/jobs/{key}", summary="a video job's progress and, when done, its files")
+    async def job(key: str):
+        jobs = videos()
+        return jobs.jobs.get(key).describe(jobs.jobs.retention_s)
+
+    @app.delete("/api/jobs/{key}", summary="cancel a video job and delete its files")
+    async def cancel(key: str):
+        jobs = videos()
+        return jobs.jobs.cancel(key).describe(jobs.jobs.retention_s)
+
+    @app.get("/api/jobs/{key}/{what}", summary="a finished job's map.mp4 or overlay.mp4 (deleted once downloaded)")
+    async def job_file(key: str, what: str, request: Request):
+        jobs = videos().jobs
+        path = jobs.file(key, what)
+        whole = "range" not in request.headers  # a part (a player seeking) leaves the file for the rest
+        task = BackgroundTask(jobs.downloaded, key, what) if whole else None
+        name = f"{Path(jobs.get(key).name).stem}_{what}"
+        return FileResponse(path, media_type=JOB_FILES[what], background=task,
+                            headers={"Content-Disposition": content_disposition("attachment", name),
+                                     "Cache-Control": "no-store"})
+
+
 def content_disposition(kind: str, filename: str) -> str:
     """A ``Content-Disposition`` header value for any file name (RFC 6266):
     an ASCII ``filename`` fallback (other characters, quotes and backslashes
@@ -285,11 +355,11 @@ def _render_kept(service: SaliencyService, kept: Result, what: str, alpha: float
 
 
 def run_server(service: SaliencyService, host: str = "127.0.0.1", port: int = 7860,
-               log_level: str = "warning") -> None:
-    """Serve ``service`` until interrupted (uvicorn, one process, one model)."""
+               log_level: str = "warning", token: str | None = None) -> None:
+    """Serve ``service`` until interrupted (uvicorn, one process), with ``token`` required if given."""
     import uvicorn
 
-    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(create_app(service, token), host=host, port=port, log_level=log_level, access_log=False)
 
 
 __all__ = ["create_app", "run_server", "content_disposition", "BodyLimit", "FORMATS"]

@@ -24,6 +24,11 @@ def test_fps_takes_the_first_frame_of_each_slot_on_the_clip_clock():
     assert [t for i, t in enumerate(times) if vfr.take(i, t)] == [0.0, 0.52, 1.7, 2.0]
 
 
+def test_the_choice_is_said_in_words():
+    assert [FrameSampler(**k).describe() for k in ({}, {"every": 1}, {"every": 6}, {"fps": 2.5})] == [
+        "every frame", "every frame", "one frame in 6", "2.5 maps a second"]
+
+
 def test_no_choice_takes_every_frame_and_a_rate_above_the_clip_too():
     assert all(FrameSampler().take(i, i / 30) for i in range(10))
     sampler = FrameSampler(fps=120)

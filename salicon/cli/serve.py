@@ -12,10 +12,13 @@ import argparse
 import sys
 
 from ..errors import SaliconError
+from ..jobs import DEFAULT_JOBS_PER_CLIENT, DEFAULT_RETENTION_S
 from ..serve import UPLOAD_MAX_PIXELS
+from ..serve_video import DEFAULT_MAX_SECONDS, DEFAULT_MAX_VIDEO_PIXELS
+from ..webauth import TOKEN_ENV
 from .options import (usage_error, add_engine, add_max_pixels, add_model, add_postprocess, build_salicon, error, model_problem,
-                      non_negative_int, positive_float, positive_int, ray_problem, phrase, salicon_config, subcommand,
-                      whole_number, with_model)
+                      max_pixels, non_negative_int, positive_float, positive_int, ray_problem, phrase, salicon_config,
+                      subcommand, whole_number, with_model)
 
 
 def add_parser(sub) -> None:
@@ -31,7 +34,20 @@ def add_parser(sub) -> None:
                    help="most images per forward pass (default: 8 on a GPU, 1 on the CPU)")
     p.add_argument("--queue", type=positive_int, default=16,
                    help="most images waiting for the net; beyond it requests get 503 (busy)")
+    p.add_argument("--token", metavar="TOKEN",
+                   help=f"require this bearer token on every route, page and API alike (the page asks for it "
+                        f"once); default ${TOKEN_ENV}, which keeps it out of the process list. Use one for any "
+                        f"server reachable beyond this machine")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    video = p.add_argument_group("video jobs (POST /api/video; needs PyAV, pip install -e \".[video]\")")
+    video.add_argument("--max-video-seconds", type=positive_float, default=DEFAULT_MAX_SECONDS, metavar="S",
+                       help="longest clip taken (413 beyond)")
+    video.add_argument("--max-video-pixels", type=max_pixels, default=DEFAULT_MAX_VIDEO_PIXELS, metavar="N",
+                       help="most pixels per frame of a clip (default 3840x2160; '8M'-style or 'none')")
+    video.add_argument("--job-retention", type=positive_float, default=DEFAULT_RETENTION_S, metavar="S",
+                       help="a finished job's files are deleted S seconds after it ends (or once downloaded)")
+    video.add_argument("--jobs-per-client", type=positive_int, default=DEFAULT_JOBS_PER_CLIENT, metavar="N",
+                       help="video jobs a client (IP address) may have waiting or running (429 beyond)")
     _add_ray_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -69,6 +85,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if missing:
         error(missing)
         return 1
+    token = access_token(args)
+    if token == "":
+        return usage_error(args, "--token is empty; give a token (or leave it out for a server without one)")
     problem = listen_problem(args.host, args.port)
     if problem:  # before the model loads
         error(f"cannot serve on {args.host}:{args.port}: {problem}")
@@ -85,14 +104,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if model_name(model) in models:
             return usage_error(args, f"--model {name}: {model_name(model)} is given twice")
         models[model_name(model)] = model
+    from ..video import video_problem
+
+    videos = None if video_problem() else {"max_seconds": args.max_video_seconds, "max_pixels": args.max_video_pixels,
+                                           "retention_s": args.job_retention, "max_per_client": args.jobs_per_client}
     service = SaliencyService(models, max_pixels=args.max_pixels, max_upload_bytes=int(args.max_upload_mb * 1e6),
-                              batch_size=args.batch_size, max_queue=args.queue)
+                              batch_size=args.batch_size, max_queue=args.queue, videos=videos)
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
     served = "; ".join(f"{name}: {m.model_path.name} ({m.precision}, {m.runtime}) on {m.device}"
                        for name, m in models.items())
-    print(f"salicon serve: {served}; open {url} (API: {url}/docs); Ctrl-C stops", file=sys.stderr)
-    run_server(service, args.host, args.port, log_level="info" if args.verbose else "warning")
+    locked = "; every route needs the token" if token else ""
+    print(f"salicon serve: {served}; open {url} (API: {url}/docs){locked}; Ctrl-C stops", file=sys.stderr)
+    run_server(service, args.host, args.port, log_level="info" if args.verbose else "warning", token=token)
     return 0
+
+
+def access_token(args: argparse.Namespace) -> str | None:
+    """--token, else $SALICON_TOKEN, else None (no token: for servers on this machine)."""
+    import os
+
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    return token.strip() if token is not None else None
 
 
 def listen_problem(host: str, port: int) -> str | None:
@@ -127,6 +159,9 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
         ServeOptions(replicas=args.replicas or 1, min_replicas=args.min_replicas, max_replicas=args.max_replicas)
     except ServeError as exc:
         return usage_error(args, str(exc))
+    token = access_token(args)
+    if token == "":
+        return usage_error(args, "--token is empty; give a token (or leave it out for a server without one)")
     problem = ray_problem(args, address, serve_dependencies_missing, "the single-process server")
     if problem is not None:
         return problem
@@ -140,7 +175,7 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
             max_upload_bytes=int(args.max_upload_mb * 1e6), batch_size=args.batch_size, max_queue=args.queue,
             replicas=args.replicas or 1, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
             replica_cpus=args.replica_cpus, host=args.host, port=args.port,
-            request_timeout_s=args.request_timeout, address=address)
+            request_timeout_s=args.request_timeout, address=address, token=token)
     except ServeError as exc:
         return usage_error(args, str(exc))
     except (SaliconError, ValueError) as exc:

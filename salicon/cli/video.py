@@ -55,10 +55,9 @@ def videos_problem(args: argparse.Namespace, videos: list[Item]) -> str | None:
 def choose_sampler(args: argparse.Namespace, model, info: VideoInfo) -> tuple[FrameSampler, str]:
     """The frames to compute (the user's choice, else all on a GPU, else at most
     DEFAULT_CPU_FPS a second) and how to say it."""
-    if args.every:
-        return FrameSampler(every=args.every), f"every {args.every}th frame" if args.every > 1 else "every frame"
-    if args.fps:
-        return FrameSampler(fps=args.fps), f"{args.fps:g} maps a second"
+    if args.every or args.fps:
+        sampler = FrameSampler(fps=args.fps, every=args.every)
+        return sampler, sampler.describe()
     rate = float(info.rate) if info.rate else None
     if model.device.type != "cpu" or (rate is not None and rate <= DEFAULT_CPU_FPS):
         return FrameSampler(), "every frame"

@@ -52,7 +52,7 @@ class FrameSampler:
 
     def describe(self) -> str:
         if self.every is not None:
-            return "every frame" if self.every == 1 else f"every {self.every}th frame"
+            return "every frame" if self.every == 1 else f"one frame in {self.every}"
         return "every frame" if self.fps is None else f"{self.fps:g} maps a second"
 
 
