@@ -18,8 +18,6 @@ every second, reported at each tenth of the run (flat means bounded) and at its 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
 import subprocess
 import sys

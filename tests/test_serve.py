@@ -325,7 +325,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for(url: str, proc: subprocess.Popen, seconds: float = 60.0) -> None:
+def _wait_for(url: str, proc: subprocess.Popen, seconds: float = 60.0, headers: dict | None = None) -> None:
     import httpx
 
     deadline = time.time() + seconds
@@ -333,7 +333,7 @@ def _wait_for(url: str, proc: subprocess.Popen, seconds: float = 60.0) -> None:
         if proc.poll() is not None:
             raise AssertionError(f"the server exited ({proc.returncode}): {proc.stderr.read()}")
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            if httpx.get(url, timeout=1, headers=headers).status_code == 200:
                 return
         except httpx.HTTPError:
             time.sleep(0.2)

@@ -60,7 +60,13 @@ async function loadHealth() {
     const mp = health.limits.max_pixels ? `${(health.limits.max_pixels / 1e6).toFixed(0)} megapixels` : "no pixel limit";
     const formats = health.formats || [];
     const listed = formats.length > 1 ? `${formats.slice(0, -1).join(", ")} or ${formats[formats.length - 1]}` : formats.join("");
-    $("limits").textContent = `${listed}; up to ${mb} MB and ${mp} per image.`;
+    let videos = "";
+    if (health.video) {
+      const l = health.limits;
+      const frame = l.max_video_pixels ? `${(l.max_video_pixels / 1e6).toFixed(1)} megapixels a frame` : "any frame size";
+      videos = ` Videos: up to ${l.max_video_seconds} s and ${frame}.`;
+    }
+    $("limits").textContent = `${listed}; up to ${mb} MB and ${mp} per image.${videos}`;
   } catch (e) {
     $("model-info").textContent = "The server does not answer: is salicon serve still running?";
   }
@@ -122,6 +128,11 @@ async function sendNext() {
     return sendNext();
   }
   try {
+    if (isVideo(file)) {
+      await sendVideo(file);   // media.js: a job on the server, polled, then played here
+      sendNext();
+      return;
+    }
     const entry = await upload(file);
     $("progress").hidden = true;
     results.push(entry);
@@ -227,6 +238,7 @@ function jet(v) {
 
 async function show(entry) {
   current = entry;
+  $("video-result").hidden = true;
   for (const r of results) if (r.thumb) r.thumb.classList.toggle("selected", r === entry);
   $("result").dataset.state = "drawing";
   const scale = Math.min(1, DISPLAY_MAX / Math.max(entry.width, entry.height));
