@@ -39,7 +39,7 @@ import numpy as np
 from . import runtimes
 from .config import SaliconConfig
 from .errors import SaliconError
-from .image import load_image
+from .image import is_video_name, load_image
 from .inputs import Item, is_uri, read_bytes
 from .outputs import (MapWrite, OutputSpec, OutputStore, completed_stems, find_clashes, write_manifest, write_map,
                       write_shard)
@@ -270,15 +270,18 @@ def connect_ray(address: str | None, num_cpus: int | None = None, log_to_driver:
 
 def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOptions(), *,
                    spec: OutputSpec = OutputSpec(), on_failure: Callable[[str], None] | None = None,
-                   **fields: Any) -> BatchReport:
+                   video: Any = None, **fields: Any) -> BatchReport:
     """Compute and write the saliency maps of ``items`` below ``out`` with Ray Data.
 
     ``options`` (or its fields as keywords: ``device="cpu"``, ...) say how; see
     :class:`RayOptions`. Images whose outputs exist are skipped;
     ``OUT/manifest.csv`` records every image's status. ``on_failure(message)``
     is called for each image that fails, as it fails (the progress bar kept
-    intact); the report lists them all at the end.
+    intact); the report lists them all at the end. Videos among the items
+    (``video``: a :class:`~salicon.batch_video.VideoSettings`) are cut into
+    segments shared by the actors (:mod:`salicon.batch_video`).
     """
+    from .batch_video import VideoSettings
     from .model import Salicon
 
     options = options.with_fields(**fields)
@@ -287,9 +290,15 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
     if not is_uri(out):  # the workers of a cluster run in other working directories
         out = os.path.abspath(out)
     items = [it if is_uri(it.source) else Item(os.path.abspath(it.source), it.stem) for it in items]
-    clashes = find_clashes(items, out, spec)
+    video = video or VideoSettings()
+    videos = [it for it in items if is_video_name(it.source)]
+    video_stems = {it.stem for it in videos}
+
+    def files_of(it: Item):
+        return video.outputs.files(it.stem) if it.stem in video_stems else None
+    clashes = find_clashes(items, out, spec, lambda it: files_of(it) or spec.files(it.stem))
     if clashes:
-        raise BatchError(f"output {clashes[0][1]} would overwrite the input image {clashes[0][0]} "
+        raise BatchError(f"output {clashes[0][1]} would overwrite the input {clashes[0][0]} "
                          f"({len(clashes)} such output(s)); choose another -o")
     # Resolved once, here: the model's files, auto precision and runtime, and the Python layer files every
     # actor runs (shipped with the job, whatever the workers' own paths hold). The model is built once on
@@ -300,20 +309,24 @@ def predict_on_ray(items: Sequence[Item], out: str, options: RayOptions = RayOpt
     del checked
     options = dataclasses.replace(options, config=config.replace(input_scale=pre.input_scale))
     store = OutputStore(out)
-    done = completed_stems(store, items, spec)
-    todo = [it for it in items if it.stem not in done]
-    report.skipped = len(items) - len(todo)
-    statuses: dict[str, tuple[str, str]] = {it.stem: ("done before", "") for it in items if it.stem in done}
+    images = [it for it in items if it.stem not in video_stems]
+    done = completed_stems(store, images, spec)
+    todo = [it for it in images if it.stem not in done]
+    statuses: dict[str, tuple[str, str]] = {it.stem: ("done before", "") for it in images if it.stem in done}
     if todo:
         report.actors, report.device = _run_pipeline(todo, out, pre, post, options, spec, statuses, report,
                                                      on_failure)
+    if videos:
+        report.actors, report.device = _run_videos(videos, out, options, video, statuses, report, on_failure)
     for it in items:
         status, message = statuses.get(it.stem, ("failed", "lost: no status came back from the cluster"))
         if status == "written":
             report.written += 1
         elif status == "failed":
             report.failed.append((it.source, message))
-    write_manifest(store, items, statuses, spec)
+        elif status == "done before":
+            report.skipped += 1
+    write_manifest(store, items, statuses, spec, files_of)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -383,6 +396,40 @@ def _run_pipeline(todo: list[Item], out: str, pre: PreprocessSpec, post, options
                 on_failure(str(row["message"]))
         bar.update(1)
     bar.close()
+    return n_actors, actor_device
+
+
+def _run_videos(videos: list[Item], out: str, options: RayOptions, settings, statuses: dict[str, tuple[str, str]],
+                report: BatchReport, on_failure: Callable[[str], None] | None) -> tuple[int, str]:
+    """The videos' segments on a pool of net actors (placed as the image actors are)."""
+    use_token_auth(options.address)
+    import ray
+    from ray.util import ActorPool
+    from tqdm import tqdm
+
+    from .batch_video import SegmentActor, videos_on_ray
+
+    connect_ray(options.address, options.num_cpus)
+    resources = ray.cluster_resources()
+    n_actors, actor_args, _, _, threads, actor_device = _placement(
+        options, float(resources.get("CPU", 1)), int(resources.get("GPU", 0)))
+    config = options.config.replace(device=actor_device)
+    remote = ray.remote(**actor_args)(SegmentActor)
+    actors = [remote.remote(config, threads) for _ in range(n_actors)]
+    bar = tqdm(unit="frame", disable=not options.progress, file=sys.stderr, dynamic_ncols=True,
+               desc=f"videos, {n_actors} {'GPU' if actor_device == 'cuda' else 'CPU'} actor(s)")
+
+    def failed(message: str) -> None:
+        if on_failure is not None:
+            with tqdm.external_write_mode(file=sys.stderr):
+                on_failure(message)
+    try:
+        videos_on_ray(videos, out, settings, ActorPool(actors), config.max_pixels, actor_device == "cuda", statuses,
+                      failed, bar.update)
+    finally:
+        bar.close()
+        for actor in actors:
+            ray.kill(actor)
     return n_actors, actor_device
 
 

@@ -449,14 +449,17 @@ def completed_stems(store: OutputStore, items: Sequence[Item], spec: OutputSpec)
 
 
 def write_manifest(store: OutputStore, items: Iterable[Item], statuses: dict[str, tuple[str, str]],
-                   spec: OutputSpec) -> None:
-    """OUT/manifest.csv: input, outputs, status (written / done before / failed), message."""
+                   spec: OutputSpec, files_of: Callable[[Item], Sequence[str]] | None = None) -> None:
+    """OUT/manifest.csv: input, outputs, status (written / done before / failed), message.
+    ``files_of``: an item's output files when not ``spec.files`` of its stem (videos)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["input", "outputs", "status", "message"])
     for it in items:
         status, message = statuses.get(it.stem, ("failed", "lost: no status came back from the cluster"))
-        outputs = spec.files(it.stem) + ([f"{SHARD_FOLDER}/*.parquet:{it.stem}"] if spec.parquet else [])
+        own = files_of(it) if files_of else None
+        outputs = list(own) if own is not None else (
+            spec.files(it.stem) + ([f"{SHARD_FOLDER}/*.parquet:{it.stem}"] if spec.parquet else []))
         writer.writerow([it.source, " ".join(outputs) if status != "failed" else "", status, message])
     store.write(MANIFEST, buf.getvalue().encode())
 

@@ -39,7 +39,8 @@ LAYERS = {
     # 7: the model
     "salicon.model": 7, "salicon.video": 7, "salicon.video.pipeline": 7,
     # 8: applications of the model
-    "salicon.train": 8, "salicon.batch": 8, "salicon.serve": 8, "salicon.jobs": 8, "salicon.serve_video": 8, "salicon.pysaliency": 8,
+    "salicon.train": 8, "salicon.batch": 8, "salicon.serve": 8, "salicon.jobs": 8, "salicon.serve_video": 8,
+    "salicon.batch_video": 8, "salicon.pysaliency": 8,
     "salicon.pycaffe": 8, "salicon.pycaffe.__main__": 8, "salicon.pycaffe.net": 8, "salicon.pycaffe.solvers": 8,
     # 9: the web application, in one process or on Ray Serve
     "salicon.webapp": 9, "salicon.serve_ray": 9, "salicon.webauth": 9,

@@ -266,17 +266,20 @@ def _address(args: argparse.Namespace) -> str | None:
 def _predict_on_ray(args: argparse.Namespace, items: list[Item], spec: OutputSpec, not_found: int,
                     created: list) -> int:
     from ..batch import RayOptions, predict_on_ray
+    from ..batch_video import VideoSettings
 
     try:
         options = RayOptions(config=salicon_config(args), address=_address(args), actors=args.actors,
                              batch_size=args.batch_size, progress=not args.quiet)
-        report = predict_on_ray(items, args.out, options, spec=spec, on_failure=error)
+        video = VideoSettings(outputs=video_outputs(args), fps=args.fps, every=args.every,
+                              interpolate=args.interpolate, smoothing=args.temporal_smoothing)
+        report = predict_on_ray(items, args.out, options, spec=spec, on_failure=error, video=video)
     except (SaliconError, ValueError) as exc:
         remove_empty_folders(created)
         return model_problem(exc, args)
     if not args.quiet:
         line = (f"{report.written} written, {report.skipped} already done, {len(report.failed)} failed "
-                f"of {plural(report.total, 'image')} in {report.seconds:.1f} s")
+                f"of {plural(report.total, 'input')} in {report.seconds:.1f} s")
         if report.actors:
             line += f" ({report.actors} {report.device} actor(s))"
         print(f"{line}; manifest: {args.out.rstrip('/')}/manifest.csv", file=sys.stderr)

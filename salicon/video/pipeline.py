@@ -78,7 +78,7 @@ def frame_maps(model, source: PathLike, sampler: FrameSampler | None = None, *, 
         raise failure[0]
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoOutputs:
     """What to write for a clip: the map video always; the overlay (with the
     input's audio) and the float16 archive of computed maps on request."""

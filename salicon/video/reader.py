@@ -243,6 +243,45 @@ def read_frames(source: PathLike, info: VideoInfo | None = None, max_pixels: int
         container.close()
 
 
+def scan_timestamps(source: PathLike) -> list[int]:
+    """The presentation time stamps of every frame of the first video stream, in
+    order, read from the packets without decoding (seconds for a long clip)."""
+    path = str(source)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stamps = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+    finally:
+        container.close()
+    return stamps
+
+
+def read_segment(source: PathLike, info: VideoInfo, start_pts: int, end_pts: int | None
+                 ) -> Iterator[tuple[int, np.ndarray]]:
+    """``(pts, upright RGB)`` of the frames with ``start_pts <= pts < end_pts``
+    (None: to the end), decoded from the key frame before ``start_pts``: one
+    segment of a clip, for workers that share a long clip between them."""
+    import av
+
+    path = str(source)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        container.seek(start_pts, stream=stream, backward=True, any_frame=False)
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.pts < start_pts:
+                    continue
+                if end_pts is not None and frame.pts >= end_pts:
+                    break
+                yield frame.pts, upright(frame.to_ndarray(format="rgb24"), info.rotation)
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{path}: corrupt or truncated after pts {start_pts}: {_ffmpeg_reason(exc)}") from None
+    finally:
+        container.close()
+
+
 def _frame_step(info: VideoInfo) -> int:
     """One frame's duration in time-base units (for frames without a stamp)."""
     if info.rate:
@@ -294,4 +333,4 @@ def read_ahead(frames: Iterator, depth: int = 8) -> Iterator:
 
 
 __all__ = ["VIDEO_SUFFIXES", "VideoError", "VideoLimitError", "FrameInfo", "VideoInfo", "is_video_name",
-           "video_problem", "probe", "read_frames", "read_ahead", "upright"]
+           "video_problem", "probe", "read_frames", "read_ahead", "upright", "scan_timestamps", "read_segment"]

@@ -56,6 +56,22 @@ class FrameSampler:
         return "every frame" if self.fps is None else f"{self.fps:g} maps a second"
 
 
+class ChosenFrames(FrameSampler):
+    """A sampler that takes the frames whose indices were chosen beforehand (by a
+    :class:`FrameSampler` over the whole clip), so workers given parts of a clip
+    compute exactly the maps one process would."""
+
+    def __init__(self, indices, described: str = "chosen frames"):
+        super().__init__()
+        self.indices, self.described = frozenset(indices), described
+
+    def take(self, index: int, time: float) -> bool:
+        return index in self.indices
+
+    def describe(self) -> str:
+        return self.described
+
+
 class TemporalSmoother:
     """Exponential moving average of maps over time (``tau`` seconds; 0 or None: off)."""
 
@@ -92,4 +108,4 @@ def between(before: tuple[float, np.ndarray], after: tuple[float, np.ndarray] | 
     return ((1.0 - w) * m0 + w * m1).astype(np.float32)
 
 
-__all__ = ["DEFAULT_CPU_FPS", "FrameSampler", "TemporalSmoother", "between"]
+__all__ = ["DEFAULT_CPU_FPS", "FrameSampler", "ChosenFrames", "TemporalSmoother", "between"]
