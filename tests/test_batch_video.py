@@ -104,6 +104,6 @@ def test_a_clip_on_two_actors_equals_one_process(ray_cluster, clip, tmp_path, sm
     assert rows[str(tmp_path / "still.png")]["status"] == "written"
     # a rerun finds the clip done
     capsys.readouterr()
-    assert cli.main(["predict", str(clip), "-o", str(tmp_path / "ray"), "--ray", *common[:-4]]) == 0
+    assert cli.main(["predict", str(clip), "-o", str(tmp_path / "ray"), "--ray", *common[:-3]]) == 0
     with open(tmp_path / "ray" / "manifest.csv", newline="") as fh:
         assert [r["status"] for r in csv.DictReader(fh)] == ["done before"]
