@@ -23,6 +23,9 @@ from salicon.serve_ray import ServeError, ServeOptions, replica_resources
 from .conftest import ROOT
 from .test_serve import _free_port, _wait_for
 
+TOKEN = "ray-serve-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
 REPLICA = "ServeReplica:salicon:SaliconReplica"
 
 
@@ -85,7 +88,8 @@ def ray_server(small_model, small_prototxt):
     proc = subprocess.Popen([sys.executable, "-m", "salicon", "serve", "--ray", "--replicas", "2", "--port", str(port),
                              "--model", str(small_model), "--prototxt", str(small_prototxt), "--queue", "4",
                              "--request-timeout", "90"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SALICON_TOKEN": TOKEN})  # every route needs it, on each replica
     url = f"http://127.0.0.1:{port}"
     lines: list[str] = []  # stderr, read on a thread so the pipe never fills
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
@@ -95,7 +99,7 @@ def ray_server(small_model, small_prototxt):
         while not any("Ctrl-C stops" in line for line in lines):  # every replica is up
             assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
             time.sleep(0.5)
-        _wait_for(url + "/api/health", proc, seconds=60)
+        _wait_for(url + "/api/health", proc, seconds=60, headers=AUTH)
         yield url, proc
     finally:
         proc.send_signal(signal.SIGINT)
@@ -121,7 +125,9 @@ def test_the_same_app_answers_from_both_replicas(ray_server, small_model, small_
     url, _ = ray_server
     rng = np.random.default_rng(3)
     reference = Salicon(small_model, small_prototxt, device="cpu", precision="fp32")
-    with httpx.Client(base_url=url, timeout=60) as client:
+    assert httpx.get(url + "/api/health").status_code == 401  # the token is required
+    assert httpx.get(url + "/", headers={"Accept": "text/html"}).status_code == 401
+    with httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
         replicas = {client.get("/api/health").json()["replica"] for _ in range(30)}
         assert len(replicas) == 2, replicas
         health = client.get("/api/health").json()
@@ -145,6 +151,9 @@ def test_the_same_app_answers_from_both_replicas(ray_server, small_model, small_
         for _ in range(6):
             assert client.get(kept["downloads"]["map_png"]).status_code == 200
         assert client.get("/api/results/nothing/map.png").status_code == 404
+        # video jobs keep files on one machine: the single-process server runs them
+        refused = client.post("/api/video", files={"file": ("c.mp4", b"clip")})
+        assert refused.status_code == 501 and "without --ray" in refused.json()["error"]
 
 
 @pytest.mark.slow
@@ -160,7 +169,7 @@ def test_a_killed_replica_under_load_loses_no_request_silently(ray_server):
     stop = time.time() + 20
 
     def client() -> None:
-        with httpx.Client(base_url=url, timeout=120) as c:
+        with httpx.Client(base_url=url, timeout=120, headers=AUTH) as c:
             while time.time() < stop:
                 start = time.time()
                 try:

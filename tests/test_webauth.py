@@ -79,3 +79,13 @@ def test_without_a_token_the_server_is_open(small_model, small_prototxt):
         assert c.get("/api/health").status_code == 200
         r = c.post("/api/video", files={"file": ("a.mp4", b"x", "video/mp4")})
         assert r.status_code == 501 and "without --ray" in r.json()["error"]
+
+
+def test_serve_refuses_an_empty_token(capsys, monkeypatch):
+    from salicon.cli import main
+
+    assert main(["serve", "--token", " "]) == 2
+    assert "--token is empty" in capsys.readouterr().err
+    monkeypatch.setenv("SALICON_TOKEN", "")  # empty from the environment too, on Ray Serve as well
+    assert main(["serve", "--ray", "--replicas", "1"]) == 2
+    assert "--token is empty" in capsys.readouterr().err
