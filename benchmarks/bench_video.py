@@ -35,7 +35,10 @@ from machine import write_rows  # noqa: E402
 
 CONFIGS = {"salicon_osie int8 (CPU default)": {"precision": "auto"},
            "salicon_osie pytorch fp32": {"precision": "fp32", "runtime": "pytorch"},
-           "salicon_osie_fast int8": {"model": "salicon_osie_fast", "precision": "auto"}}
+           "salicon_osie_fast int8": {"model": "salicon_osie_fast", "precision": "auto"},
+           # on a machine with a GPU (left out elsewhere)
+           "salicon_osie cuda bf16": {"device": "cuda", "precision": "bf16"},
+           "salicon_osie_fast cuda bf16": {"model": "salicon_osie_fast", "device": "cuda", "precision": "bf16"}}
 
 
 def make_clip(path: Path, frames: int, size: tuple[int, int], rate: int = 30, distinct: int = 30) -> None:
@@ -98,6 +101,8 @@ def time_images(model, paths: list[str], out: Path) -> float:
 
 
 def speed(args) -> list[dict]:
+    import torch
+
     from salicon import Salicon
 
     rows = []
@@ -106,7 +111,10 @@ def speed(args) -> list[dict]:
         for name, options in CONFIGS.items():
             if args.configs and name not in args.configs:
                 continue
-            frames = args.fp32_frames if "fp32" in name else args.frames
+            if options.get("device") == "cuda" and not torch.cuda.is_available():
+                print(f"{name}: no GPU here, left out", flush=True)
+                continue
+            frames = args.fp32_frames if "fp32" in name else args.frames * (4 if "cuda" in name else 1)
             clip = tmp / f"clip_{frames}.mp4"
             if not clip.exists():
                 make_clip(clip, frames, (720, 1280))
