@@ -341,7 +341,8 @@ def main() -> int:
                   f"{r['steady_s_per_image']:.2f} s/image = {r['images_per_hour']:.0f} images/hour")
     s, f = results["compute_saliency"], results["compute_saliency_fast"]
     ratios = {"fast_vs_full_end_to_end": f["median_s"] / s["median_s"],
-              "fast_vs_full_forward": results["forward_fast"]["median_s"] / results["forward_channels_last"]["median_s"]}
+              "fast_vs_full_forward": (results["forward_fast"]["median_s"]
+                                       / results["forward_channels_last"]["median_s"])}
     if "compute_saliency_bf16" in results:
         ratios["bf16_vs_fp32_end_to_end"] = results["compute_saliency_bf16"]["median_s"] / s["median_s"]
     for precision in ("fp32", "bf16", "int8"):

@@ -66,13 +66,13 @@ def rate(fn, paths: list[Path], kind: str, workers: int, repeat: int) -> dict:
 
 def main() -> int:
     import torch
-
     from bench_cpu import machine
     from machine import write_report
+
     from salicon.decode import PreprocessSpec, decode_inputs, decode_rgb
     from salicon.engine import Net
-    from salicon.pretrained import prototxt_path
     from salicon.preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE
+    from salicon.pretrained import prototxt_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=48)

@@ -58,7 +58,7 @@ def main() -> int:
         coarse = torch.from_numpy(rng.uniform(-0.5, 0.5, (batch, 3, 600, 800)).astype(np.float32)).to(device)
         for precision in args.precisions:
             with torch.inference_mode(), precision_context(precision, device):
-                def run():
+                def run(fine=fine, coarse=coarse):
                     return net(fine_scale=fine, coarse_scale=coarse)["saliency_map_out"].float()
                 out = run()
                 torch.cuda.synchronize()

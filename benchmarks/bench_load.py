@@ -62,7 +62,8 @@ def main() -> int:
             }
             print(label, json.dumps(results[label]))
     record = {"command": "python benchmarks/bench_load.py", "machine": {
-        "cpu": cpu_features()["model"], "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
+        "cpu": cpu_features()["model"], "cores": os.cpu_count(), "torch": torch.__version__,
+        "python": platform.python_version()},
         "results": results}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -124,7 +124,8 @@ def cli_peak(image: str, options: list[str]) -> tuple[float, float, int]:
     """(peak resident GB, seconds, exit status) of ``salicon predict`` on ``image``."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", "import sys; from salicon.cli import main; sys.exit(main())", "predict", image, "-o", out, "--overlay",
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; from salicon.cli import main; sys.exit(main())",
+                                 "predict", image, "-o", out, "--overlay",
                                  "--npy", "--device", "cpu", "-q", *options])
         _, status, usage = os.wait4(proc.pid, 0)
         return usage.ru_maxrss * 1024 / 1e9, time.perf_counter() - start, os.waitstatus_to_exitcode(status)

@@ -142,8 +142,8 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 def part_forward(ctx: Context) -> None:
     from salicon.engine import Net, count_flops
     from salicon.engine.fast import FastForward, ForwardOptions
-    from salicon.pretrained import default_model_path
     from salicon.preprocess import image_to_inputs
+    from salicon.pretrained import default_model_path
 
     device = torch.device(ctx.device)
     proto = ctx.prototxt()

@@ -93,7 +93,8 @@ def serve(results: Path, out: Path) -> Path:
     bars = ax.barh(labels, p50, color="#c2410c", label="p50")
     ax.bar_label(bars, labels=[f"{r['requests_per_s']:.2f} maps/s" for _, r in runs], padding=3, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(f"latency (s) with {runs[0][1]['clients']} clients for {runs[0][1]['seconds']:g} s; label: throughput")
+    first = runs[0][1]
+    ax.set_xlabel(f"latency (s) with {first['clients']} clients for {first['seconds']:g} s; label: throughput")
     ax.set_xlim(0, max(p99) * 1.35)
     ax.legend(loc="lower right", fontsize=8)
     return _save(plt, fig, out / "serve.png")

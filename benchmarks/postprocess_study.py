@@ -151,7 +151,7 @@ def main() -> int:
     order = np.random.default_rng(0).permutation(len(names))
     folds = np.array_split(order, args.folds)
     environments["osie_cv"] = []
-    for k, fold in enumerate(folds):
+    for fold in folds:
         held = set(fold.tolist())
         fit_on = [items[names[i]] for i in range(len(names)) if i not in held]
         environments["osie_cv"].append(([items[names[i]] for i in fold], prior_set(fit_on)))
@@ -228,7 +228,8 @@ def write_record(path: Path, post: PostProcess, prior: CenterPrior, chosen: str,
     fitted = ("the centre prior is fitted to the fixations of all 600 training images" if "learned" in chosen
               else "the centre prior is a fixed Gaussian, not fitted")
     record["postprocess_choice"] = (f"{chosen}: chosen on training data only by "
-                                    f"benchmarks/postprocess_study.py ({study or 'benchmarks/results/postprocess_study.json'}); "
+                                    "benchmarks/postprocess_study.py "
+                                    f"({study or 'benchmarks/results/postprocess_study.json'}); "
                                     f"{fitted}")
     path.write_text(json.dumps(record, indent=1) + "\n")
 

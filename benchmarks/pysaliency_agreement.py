@@ -61,8 +61,7 @@ class MapCache:
 
 def pysaliency_scores(salicon, data: Path, names: list[str], unique_pixels: bool) -> dict[str, float]:
     """AUC-Judd, NSS, CC and information gain computed by pysaliency."""
-    from salicon.pysaliency import (CenterBiasModel, SaliconModel, SaliconSaliencyMapModel, fixation_map_model,
-                                    load_osie)
+    from salicon.pysaliency import CenterBiasModel, SaliconModel, SaliconSaliencyMapModel, fixation_map_model, load_osie
 
     stimuli, fixations = load_osie(data, names=names, unique_pixels=unique_pixels)
     maps, density = SaliconSaliencyMapModel(salicon=salicon), SaliconModel(salicon=salicon)

@@ -5,7 +5,7 @@ Both start from the same VGG-16 initialisation (``salicon init-weights``),
 run the shipped solver (prototxt/solver.prototxt: SGD, momentum 0.9, weight
 decay 5e-4, lr_mult 1/2 and decay_mult 1/0 on the trained layers, conv1-conv2
 frozen) on the train net edited to smaller inputs (``--size``; the edit the
-README's "The prototxt files" describes), and take one step per image over
+the prototxt guide (docs/guides/prototxt-and-layers.md) describes), and take one step per image over
 OSIE training images in one fixed order (splits/osie_train.txt), both fed
 the same input blobs. Recorded: every step's loss on both engines, the
 relative difference of every trained blob at the checkpoints (and of its
@@ -99,8 +99,8 @@ def main() -> int:
 
     import torch
 
-    from salicon.runtimes.caffe import caffe_available
     from salicon.evaluate import read_split
+    from salicon.runtimes.caffe import caffe_available
     from salicon.train import TrainConfig, Trainer
     from salicon.weights import init_from_vgg16
 

@@ -30,20 +30,29 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from . import runtimes
 from .config import SaliconConfig
+from .decode import PreprocessSpec
 from .errors import SaliconError
 from .image import is_video_name, load_image
 from .inputs import Item, is_uri, read_bytes
-from .outputs import (MapWrite, OutputSpec, OutputStore, completed_stems, find_clashes, write_manifest, write_map,
-                      write_shard)
-from .decode import PreprocessSpec
+from .outputs import (
+    MapWrite,
+    OutputSpec,
+    OutputStore,
+    completed_stems,
+    find_clashes,
+    write_manifest,
+    write_map,
+    write_shard,
+)
 
 RAY_EXTRA_HINT = "pip install -e \".[ray]\" (or pip install \"salicon[ray]\")"
 
@@ -158,8 +167,8 @@ def write_batch(batch: dict[str, np.ndarray], raw: np.ndarray, out: str, spec: O
         except (SaliconError, ValueError, MemoryError) as exc:
             status[i], messages[i] = "failed", f"{source}: {exc}"
             continue
-        written = write_map(store, stem, sal, spec, lambda: load_image(
-            read_bytes(source), as_float=False, max_pixels=options.config.max_pixels, name=source))
+        written = write_map(store, stem, sal, spec, lambda: load_image(  # called at once, in this iteration
+            read_bytes(source), as_float=False, max_pixels=options.config.max_pixels, name=source))  # noqa: B023
         if not written.ok:
             status[i], messages[i] = "failed", f"{source}: {written.message()}"
         elif spec.parquet:
@@ -375,7 +384,7 @@ def _run_pipeline(todo: list[Item], out: str, pre: PreprocessSpec, post, options
         options, float(resources.get("CPU", 1)), int(resources.get("GPU", 0)))
     report.startup_seconds = time.perf_counter() - t0
     batch_size = options.batch_size
-    ds = ray.data.from_items([{"index": i, "source": it.source, "stem": it.stem} for i, it in enumerate(todo)],
+    ds: Any = ray.data.from_items([{"index": i, "source": it.source, "stem": it.stem} for i, it in enumerate(todo)],
                              override_num_blocks=max(1, math.ceil(len(todo) / batch_size)))
     ds = ds.map_batches(decode_batch, fn_kwargs={"spec": pre}, batch_size=batch_size, batch_format="numpy",
                         num_cpus=task_cpus)
@@ -429,7 +438,7 @@ def _run_videos(videos: list[Item], out: str, options: RayOptions, settings, sta
     finally:
         bar.close()
         for actor in actors:
-            ray.kill(actor)
+            ray.kill(actor)  # type: ignore[arg-type]
     return n_actors, actor_device
 
 

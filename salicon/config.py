@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import formats, pretrained, runtimes
 from .decode import DECODERS
@@ -177,6 +178,7 @@ class SaliconConfig:
 
     def host_layers(self) -> list:
         """The Python layers that run as written, on the host (resolved configs)."""
+        assert self.prototxt, "resolved configurations name their files"
         plan = plan_python_layers(formats.read_net_prototxt(self.prototxt), self.python_layers,
                                   files=self.layer_files)
         return [info for info in plan.values() if not info.native]
@@ -192,6 +194,7 @@ class SaliconConfig:
         int8 = runtimes.resolve("auto", "int8")
         if self.runtime not in ("auto", int8.name) or not on_cpu or int8.missing() or self.host_layers():
             return "fp32"
+        assert self.model and self.prototxt, "resolved configurations name their files"
         record = pretrained.read_record(self.model, verify=False)
         entry = (record.meta.get("int8") if record else None) or {}
         made_for = entry.get("prototxt_sha256")

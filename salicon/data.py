@@ -12,17 +12,25 @@ How fixation points become fixation maps is in :mod:`salicon.fixations`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from .errors import ImageError, SaliconError
-from .fixations import (OSIE_SIGMA, OSIE_WINDOW, Fixations, binary_fixation_map, blur_binary, fixation_density,
-                        training_target)
+from .fixations import (
+    OSIE_SIGMA,
+    OSIE_WINDOW,
+    Fixations,
+    binary_fixation_map,
+    blur_binary,
+    fixation_density,
+    training_target,
+)
 from .image import IMAGE_SUFFIXES, load_image
 from .inputs import image_files
 from .types import PathLike
@@ -67,6 +75,7 @@ class Dataset:
 
     sigma: float = OSIE_SIGMA
     window: int | None = OSIE_WINDOW
+    samples: list[Sample]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -135,21 +144,21 @@ class FolderDataset(Dataset):
                 problems.append(f"{d}: no such {what} folder")
         if problems:
             raise DataError("\n".join(problems))
-        images, maps = _list_images(self.images_dir), _list_images(self.maps_dir)
-        if not images:
+        found, map_files = _list_images(self.images_dir), _list_images(self.maps_dir)
+        if not found:
             raise DataError(f"{self.images_dir}: no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        for name in sorted(set(images) - set(maps)):
-            problems.append(f"{images[name]}: no fixation map named {name}.* in {self.maps_dir}")
-        for name in sorted(set(maps) - set(images)):
-            problems.append(f"{maps[name]}: no image named {name}.* in {self.images_dir}")
-        points = _list_images(self.points_dir) if self.points_dir else {}
+        for name in sorted(set(found) - set(map_files)):
+            problems.append(f"{found[name]}: no fixation map named {name}.* in {self.maps_dir}")
+        for name in sorted(set(map_files) - set(found)):
+            problems.append(f"{map_files[name]}: no image named {name}.* in {self.images_dir}")
+        point_files = _list_images(self.points_dir) if self.points_dir else {}
         if self.points_dir:
-            for name in sorted(set(images) - set(points)):
-                problems.append(f"{images[name]}: no fixation-point image named {name}.* in {self.points_dir}")
+            for name in sorted(set(found) - set(point_files)):
+                problems.append(f"{found[name]}: no fixation-point image named {name}.* in {self.points_dir}")
         if problems:
             raise DataError(f"{len(problems)} problem(s) with the data:\n" + "\n".join(problems))
-        self.samples = [Sample(name, images[name], map_path=maps[name], points_path=points.get(name))
-                        for name in sorted(images)]
+        self.samples = [Sample(name, found[name], map_path=map_files[name], points_path=point_files.get(name))
+                        for name in sorted(found)]
 
 
 class MIT1003Dataset(Dataset):

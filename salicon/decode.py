@@ -23,10 +23,11 @@ from __future__ import annotations
 import io
 import multiprocessing
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class PreprocessSpec:
         order with ``nhwc``: :func:`~salicon.preprocess.image_to_inputs_nhwc`)."""
         names = list(self.input_shapes)
         make = image_to_inputs_nhwc if nhwc else image_to_inputs
-        blobs = make(rgb, [self.input_shapes[n][2:] for n in names], self.resize, self.input_scale,
+        blobs = make(rgb, [self.input_shapes[n][2:] for n in names], self.resize, self.input_scale,  # type: ignore[arg-type]
                      self.mean_bgr, device)
         return dict(zip(names, blobs))
 

@@ -6,7 +6,7 @@ GPU convolutions use TensorFloat-32; ``bf16`` runs under bfloat16 autocast.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -97,7 +98,8 @@ def other_fixations(truths: Sequence[GroundTruth], index: int, rng: np.random.Ge
     other images drawn at random (coordinates rescaled)."""
     h, w = truths[index].shape
     candidates = [i for i in range(len(truths)) if i != index]
-    chosen = rng.choice(candidates, size=min(n_others, len(candidates)), replace=False) if candidates else []
+    chosen: Sequence[int] | np.ndarray = (rng.choice(candidates, size=min(n_others, len(candidates)), replace=False)
+                             if candidates else [])
     out = np.zeros((h, w), dtype=bool)
     for i in chosen:
         t = truths[i]
@@ -187,7 +189,7 @@ class Evaluation:
         return list(dict.fromkeys(r["model"] for r in self.rows))
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
-        out = {}
+        out: dict[str, dict[str, dict[str, float]]] = {}
         for model in self.models():
             rows = [r for r in self.rows if r["model"] == model]
             out[model] = {}
@@ -263,9 +265,8 @@ def evaluate(dataset: Dataset, predict: Callable[[Sample], np.ndarray] | None, n
                     result.failed[name] = result.failed.get(name, 0) + 1
                 on_error(str(exc))
             else:
-                if not isinstance(prediction, dict):
-                    prediction = {model_name: prediction}
-                for name, saliency_map in prediction.items():
+                maps = prediction if isinstance(prediction, dict) else {model_name: prediction}
+                for name, saliency_map in maps.items():
                     result.rows.append({"image": sample.name, "model": name,
                                         **score(saliency_map, truth, other, baseline, metrics, seed)})
         if baselines:

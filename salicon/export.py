@@ -11,6 +11,7 @@ min-max normalisation and the resize to the image.
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ from .outputs import atomic_write
 from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE
 from .pretrained import OUTPUT_BLOB, default_model_path, model_metadata, prototxt_path, record_path
 from .types import PathLike
+
 
 def load_test_net(model: PathLike | None = None, prototxt: PathLike | None = None) -> Net:
     """The test net of ``prototxt`` with the weights of ``model`` (default: the shipped model), float32, CPU."""
@@ -67,7 +69,7 @@ def export_caffemodel(out_dir: PathLike, model: PathLike | None = None, prototxt
     for module, file in net.layer_files.items():  # the layer files this net runs, as Caffe will import them
         dest = out_dir / f"{module}.py"
         if "." not in module and dest.resolve() != Path(file.path).resolve():
-            atomic_write(dest, lambda tmp, text=file.source: Path(tmp).write_text(text, encoding="utf-8"))
+            atomic_write(dest, functools.partial(_write_text, text=file.source))
             paths[dest.name] = dest
     return paths
 
@@ -129,3 +131,7 @@ def _add_onnx_metadata(path: str, props: dict[str, str]) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, path)
+
+
+def _write_text(path: str, text: str) -> None:
+    Path(path).write_text(text, encoding="utf-8")

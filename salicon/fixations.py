@@ -7,8 +7,8 @@ computed exactly as MATLAB's ``imfilter(map, fspecial('gaussian', ...))``.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

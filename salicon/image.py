@@ -69,9 +69,10 @@ def _upright_rgb(img: Image.Image, name: str) -> Image.Image | np.ndarray:
 
 
 def _pil_to_rgb_array(img: Image.Image, name: str, as_float: bool = True) -> np.ndarray:
-    img = _upright_rgb(img, name)
-    if isinstance(img, np.ndarray):
-        return img
+    upright = _upright_rgb(img, name)
+    if isinstance(upright, np.ndarray):
+        return upright
+    img = upright
     if as_float:
         return np.asarray(img, dtype=np.float32)
     if img.width * img.height > _STRIP_PIXELS:
@@ -179,7 +180,7 @@ def _open_checked(source, name: str, max_pixels: int | None) -> Image.Image:
         except Image.DecompressionBombError:
             if pil_limit is not None and max_pixels is not None and max_pixels <= pil_limit:
                 raise  # past our own limit too: reported as such by the caller
-            img = _open_past_pil_limit(source)  # the user lifted the limit past PIL's refusal threshold
+            img = _open_past_pil_limit(source)  # type: ignore[assignment]  # the user lifted the limit past PIL's refusal threshold
     check_pixels(img.width, img.height, max_pixels, name)
     return img
 

@@ -23,9 +23,9 @@ import glob
 import io
 import os
 import posixpath
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Collection, Sequence
 
 from .errors import SaliconError
 from .image import IMAGE_SUFFIXES, is_video_name
@@ -179,7 +179,8 @@ def _list_uri_folder(uri: str, recursive: bool, suffixes: Collection[str] = IMAG
     found = []
     for info in sorted(infos, key=lambda i: i.path):
         rel = posixpath.relpath(info.path, root)
-        if info.type == fs.FileType.File and _has_suffix(rel, suffixes) and (not pattern or fnmatch.fnmatch(rel, pattern)):
+        wanted = _has_suffix(rel, suffixes) and (not pattern or fnmatch.fnmatch(rel, pattern))
+        if info.type == fs.FileType.File and wanted:
             found.append((_join_uri(uri, info.path), rel))
     return found
 

@@ -12,26 +12,37 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import formats, pretrained, runtimes
 from .config import SaliconConfig
-from .pretrained import OUTPUT_BLOB
-from .decode import (DECODERS, PreprocessSpec, decode_inputs, decode_jpeg_on, decode_rgb, gpu_decode_problem,
-                     make_executor, prefetch, read_for_gpu, to_device)
+from .decode import (
+    DECODERS,
+    PreprocessSpec,
+    decode_inputs,
+    decode_jpeg_on,
+    decode_rgb,
+    gpu_decode_problem,
+    make_executor,
+    prefetch,
+    read_for_gpu,
+    to_device,
+)
 from .device import precision_context, resolve_device
 from .engine import Net
 from .engine.fast import FastForward, ForwardOptions
-from .engine.python_layers import LayerFile, plan_python_layers
+from .engine.python_layers import LayerFile, PythonLayerInfo, plan_python_layers
 from .errors import EngineError, SaliconError
 from .image import DEFAULT_MAX_PIXELS, ImageLike, load_image
 from .postprocess import CenterPrior, PostProcess, PostProcessError, parse_postprocess
 from .preprocess import MEAN_BGR, PUBLISHED_INPUT_SCALE
+from .pretrained import OUTPUT_BLOB
 from .types import PathLike
+
 
 def record_postprocess(model: PathLike, record: pretrained.ModelRecord | None = None
                        ) -> tuple[CenterPrior | None, PostProcess]:
@@ -103,7 +114,7 @@ class Salicon:
                  input_scale: float | None = None, resize: str = "spline",
                  mean_bgr: Sequence[float] = MEAN_BGR, engine: str = "auto", channels_last: bool = True,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, postprocess: str | PostProcess = "default",
-                 prototxtpath: PathLike | None = None, variants: str | ForwardOptions = "",
+                 prototxtpath: str | None = None, variants: str | ForwardOptions = "",
                  python_layers: str | None = None, layer_files: Mapping[str, LayerFile] | None = None,
                  config: SaliconConfig | None = None):
         if config is None:
@@ -117,7 +128,7 @@ class Salicon:
         self._setup(config.resolved())
 
     @classmethod
-    def from_config(cls, config: SaliconConfig) -> "Salicon":
+    def from_config(cls, config: SaliconConfig) -> Salicon:
         """The model a :class:`~salicon.config.SaliconConfig` describes (resolved here if it is not yet)."""
         return cls(config=config)
 
@@ -126,6 +137,7 @@ class Salicon:
         self.config = config
         #: The registered model's name, or None for a weights file given by path.
         self.name = config.name
+        assert config.model and config.prototxt, "a resolved configuration names its files"
         self.model_path = Path(config.model)
         self.prototxt_path = Path(config.prototxt)
         self.python_layers_mode = config.python_layers
@@ -154,9 +166,10 @@ class Salicon:
         problem = runtime.missing()
         if problem:
             raise EngineError(problem)
-        self.net = runtime.load(config, self.device)
+        self.net = runtime.load(config, self.device)  # type: ignore[arg-type]  # resolved: its files are set
         self._check_inputs()
         #: Layer name -> which file and implementation each Python layer runs.
+        self.python_layers: dict[str, PythonLayerInfo]
         if isinstance(self.net, Net):
             self.python_layers = dict(self.net.python_layers)
         elif self.runtime == "caffe":  # Caffe runs every file as written
@@ -173,7 +186,7 @@ class Salicon:
             raise ValueError(f"forward variant cuda-graphs cannot capture a Python layer run on the host "
                              f"({host[0].describe()})")
         #: The net's forward with the chosen variants, or None for the plain path.
-        self.fast = FastForward(self.net, self.output_blob, options, self.precision) if options else None
+        self.fast = FastForward(self.net, self.output_blob, options, self.precision) if options else None  # type: ignore[arg-type]
 
     @staticmethod
     def _device(runtime, device: str) -> torch.device:
@@ -347,7 +360,7 @@ class Salicon:
     def preprocess_spec(self) -> PreprocessSpec:
         """What making this model's inputs needs, without the weights (for workers)."""
         return PreprocessSpec({k: tuple(v) for k, v in self.net.input_shapes.items()}, self.resize,
-                              self.input_scale, self.mean_bgr, self.max_pixels)
+                              self.input_scale, self.mean_bgr, self.max_pixels)  # type: ignore[arg-type]
 
     def _run_batch(self, pending):
         names = pending[0][1].keys()

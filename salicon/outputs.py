@@ -23,9 +23,10 @@ import os
 import posixpath
 import tempfile
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
+def atomic_write(path: PathLike, write: Callable[[str], object]) -> None:
     """Create ``path`` through ``write(temporary_path)`` and a rename, so a crash
     or an error never leaves a half-written file (nor removes an older one)."""
     path = Path(path)
@@ -83,7 +84,7 @@ def atomic_write_bytes(path: PathLike, data: bytes | Sequence) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             for part in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
-                fh.write(part)
+                fh.write(part)  # type: ignore[arg-type]  # bytes-like parts
     atomic_write(path, write)
 
 
@@ -151,17 +152,18 @@ def overlay_png(image_rgb: np.ndarray, saliency_map: np.ndarray) -> bytes:
     one is drawn and encoded band by band, never held whole."""
     if saliency_map.size <= STREAM_PIXELS:
         return png_bytes(overlay(image_rgb, saliency_map))
-    return png_bytes_from_bands(overlay_bands(image_rgb, saliency_map), *saliency_map.shape, 3)
+    height, width = saliency_map.shape[:2]
+    return png_bytes_from_bands(overlay_bands(image_rgb, saliency_map), height, width, 3)
 
 
 def npy_parts(array: np.ndarray, dtype: type = np.float32) -> list:
     """A .npy file as two parts, its header and the array's own memory (no copy
     when the array is already contiguous in ``dtype``): the bytes of
     :func:`npy_bytes` without holding them (a 13000 x 13000 map: 0.7 GB less)."""
-    arr = np.ascontiguousarray(array, dtype=dtype)
+    arr: np.ndarray = np.ascontiguousarray(array, dtype=dtype)
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(arr))
-    return [header.getvalue(), memoryview(arr.reshape(-1)).cast("B")]
+    return [header.getvalue(), memoryview(arr.reshape(-1)).cast("B")]  # type: ignore[arg-type]  # numpy buffers
 
 
 def npy_bytes(array: np.ndarray, dtype: type = np.float32) -> bytes:
@@ -180,7 +182,7 @@ def check_output_folder(folder: PathLike, option: str = "-o") -> list[Path]:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{option} {folder}: exists and is not a folder; give a folder for the maps")
-    created = []
+    created: list[Path] = []
     parent = folder
     while not parent.exists() and parent != parent.parent:
         created.insert(0, parent)
@@ -252,8 +254,9 @@ class OutputSpec:
         """The map file's bytes: an 8-bit PNG, or a float64 probability map / log-density."""
         if self.format == "png":
             if saliency_map.size > STREAM_PIXELS:
+                height, width = saliency_map.shape[:2]
                 return png_bytes_from_bands((to_uint8(saliency_map[r:r + 1024])
-                                             for r in range(0, saliency_map.shape[0], 1024)), *saliency_map.shape, 1)
+                                             for r in range(0, height, 1024)), height, width, 1)
             return png_bytes(to_uint8(saliency_map))
         density = to_probability(saliency_map) if self.format == "probability" else log_density(saliency_map)
         return npy_bytes(density, np.float64)
@@ -365,14 +368,19 @@ def write_map(store: OutputStore, stem: str, saliency_map: np.ndarray, spec: Out
     if spec.threshold is not None:
         saliency_map = threshold_map(saliency_map, spec.threshold)
     result = MapWrite()
-    encoders = {"map": lambda: spec.encode_map(saliency_map), "npy": lambda: npy_parts(saliency_map),
-                "overlay": lambda: overlay_png(image(), saliency_map)}
-    data = None
+    def overlay() -> bytes:
+        if image is None:
+            raise ValueError("an overlay needs the image")
+        return overlay_png(image(), saliency_map)
+
+    encoders: dict[str, Callable[[], bytes | list]] = {
+        "map": lambda: spec.encode_map(saliency_map), "npy": lambda: npy_parts(saliency_map), "overlay": overlay}
+    data: bytes | list | None = None
     for kind, rel in spec.targets(stem).items():
         data = None  # a huge image's previous file goes before the next one is made
         try:
             data = encoders[kind]()
-            if kind == "map" and spec.format == "png":
+            if kind == "map" and spec.format == "png" and isinstance(data, bytes):
                 result.map_png = data
             store.write(rel, data)
             result.written.append(kind)
@@ -464,6 +472,6 @@ def write_manifest(store: OutputStore, items: Iterable[Item], statuses: dict[str
     store.write(MANIFEST, buf.getvalue().encode())
 
 
-__all__ = ["remove_empty_folders", "OutputError", "OutputSpec", "OutputStore", "MapWrite", "WriteCounts", "STORES", "MANIFEST",
-           "SHARD_FOLDER", "atomic_write", "atomic_write_bytes", "png_bytes", "npy_bytes", "check_output_folder",
-           "find_clashes", "write_map", "write_shard", "completed_stems", "write_manifest"]
+__all__ = ["remove_empty_folders", "OutputError", "OutputSpec", "OutputStore", "MapWrite", "WriteCounts", "STORES",
+           "MANIFEST", "SHARD_FOLDER", "atomic_write", "atomic_write_bytes", "png_bytes", "npy_bytes",
+           "check_output_folder", "find_clashes", "write_map", "write_shard", "completed_stems", "write_manifest"]

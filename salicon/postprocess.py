@@ -25,8 +25,8 @@ height. ``"longer"``: offsets from the image centre divided by max(h, w)
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterable, Sequence
 
 import numpy as np
 import scipy.ndimage
@@ -66,7 +66,7 @@ class CenterPrior:
                                    f"got {self.cov}")
 
     @classmethod
-    def gaussian(cls, sigma_y: float = 0.25, sigma_x: float = 0.25, coords: str = "image") -> "CenterPrior":
+    def gaussian(cls, sigma_y: float = 0.25, sigma_x: float = 0.25, coords: str = "image") -> CenterPrior:
         """A centred Gaussian with standard deviations given as fractions of the image's height and width
         (``coords="image"``) or of its longer side (``"longer"``)."""
         if not (sigma_y > 0 and sigma_x > 0):
@@ -101,10 +101,11 @@ class CenterPrior:
         return {"mean": list(self.mean), "cov": [list(r) for r in self.cov], "coords": self.coords}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CenterPrior":
+    def from_dict(cls, data: dict) -> CenterPrior:
         try:
-            return cls(tuple(float(m) for m in data["mean"]),
-                       tuple(tuple(float(c) for c in row) for row in data["cov"]), data.get("coords", "image"))
+            (m0, m1), ((c00, c01), (c10, c11)) = data["mean"], data["cov"]
+            return cls((float(m0), float(m1)), ((float(c00), float(c01)), (float(c10), float(c11))),
+                       data.get("coords", "image"))
         except (KeyError, TypeError, ValueError) as exc:
             raise PostProcessError(f"malformed centre prior {data!r} ({exc})") from None
 
@@ -125,7 +126,8 @@ def fit_center_prior(fixations: Iterable[tuple[np.ndarray, np.ndarray, Sequence[
     points = np.stack([np.concatenate(us), np.concatenate(vs)])
     mean = points.mean(axis=1)
     cov = np.cov(points, bias=True)  # the MLE divides by n
-    return CenterPrior((float(mean[0]), float(mean[1])), tuple(tuple(float(c) for c in r) for r in cov), coords)
+    return CenterPrior((float(mean[0]), float(mean[1])),
+                       ((float(cov[0, 0]), float(cov[0, 1])), (float(cov[1, 0]), float(cov[1, 1]))), coords)
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ class PostProcess:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict, name: str = "") -> "PostProcess":
+    def from_dict(cls, data: dict, name: str = "") -> PostProcess:
         data = dict(data)
         unknown = set(data) - {"blur", "prior", "prior_weight", "combine", "normalize"}
         if unknown:

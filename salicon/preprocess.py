@@ -16,8 +16,8 @@ the GPU. ``resize="scipy"`` calls scipy.ndimage.zoom exactly as published.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import scipy.ndimage
@@ -123,34 +123,39 @@ class Zoom:
 
         # Each block of output rows and the input columns its kept entries reach, a block at a
         # time (a huge image's matrix gets no full-size temporaries).
-        extents, work = [], 0
+        extents: list[tuple[int, int, int, int]] = []
+        work, banded = 0, True
         for r0 in range(0, self.n_out, BAND_BLOCK):
             r1 = min(self.n_out, r0 + BAND_BLOCK)
             keep = np.abs(matrix[r0:r1]) > tolerance
             if not keep.any(axis=1).all():  # a row with no weight at all (never for a zoom): stay dense
-                extents = None
+                banded = False
                 break
             columns = np.flatnonzero(keep.any(axis=0))
             extents.append((r0, r1, int(columns[0]), int(columns[-1]) + 1))
             work += (r1 - r0) * (extents[-1][3] - extents[-1][2])
         self.blocks: list[tuple[int, int, int, torch.Tensor]] = []
         self.dense: torch.Tensor | None = None
-        if extents is not None and work <= 0.5 * self.n_out * self.n_in:  # a band: worth the blocks' overhead
+        if banded and work <= 0.5 * self.n_out * self.n_in:  # a band: worth the blocks' overhead
             # The blocks hold every entry that counts; a huge image's matrix is not kept.
             self.blocks = [(r0, r1, c0, torch.tensor(kept(matrix[r0:r1, c0:c1]), dtype=dtype, device=device))
                            for r0, r1, c0, c1 in extents]
         else:
             self.dense = torch.tensor(kept(matrix), dtype=dtype, device=device)
 
+    def _dense(self) -> torch.Tensor:
+        assert self.dense is not None, "a banded operator has blocks, not a dense matrix"
+        return self.dense
+
     @property
     def entries(self) -> int:
         """How many numbers this operator keeps."""
-        return sum(b[3].numel() for b in self.blocks) if self.blocks else self.dense.numel()
+        return sum(b[3].numel() for b in self.blocks) if self.blocks else self._dense().numel()
 
     def matrix_rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of the (truncated) zoom matrix, dense."""
         if not self.blocks:
-            return self.dense[start:stop]
+            return self._dense()[start:stop]
         part = torch.zeros((stop - start, self.n_in), dtype=self.blocks[0][3].dtype, device=self.blocks[0][3].device)
         for r0, r1, c0, block in self.blocks:
             lo, hi = max(r0, start), min(r1, stop)
@@ -165,7 +170,7 @@ class Zoom:
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """A @ x for x of shape (..., n_in, k): resized along its second-to-last axis."""
         if not self.blocks:
-            return self.dense @ x
+            return self._dense() @ x
         out = x.new_empty((*x.shape[:-2], self.n_out, x.shape[-1]))
         for r0, r1, c0, block in self.blocks:
             torch.matmul(block, x[..., c0:c0 + block.shape[1], :], out=out[..., r0:r1, :])
@@ -174,7 +179,7 @@ class Zoom:
     def cols(self, x: torch.Tensor) -> torch.Tensor:
         """x @ A^T for x of shape (..., k, n_in): resized along its last axis."""
         if not self.blocks:
-            return x @ self.dense.T
+            return x @ self._dense().T
         # Along rows, on a transposed copy: each block then reads whole contiguous rows (a product
         # with column slices of x falls off the fast BLAS path and takes tens of times longer).
         return self.rows(x.transpose(-1, -2).contiguous()).transpose(-1, -2).contiguous()
@@ -196,7 +201,8 @@ class _ZoomCache:
     (banded ones almost always do: a 4000-pixel axis to 1600 keeps 0.6 M)."""
 
     def __init__(self, size: int = 64):
-        self.size, self.items = size, {}
+        self.size = size
+        self.items: dict = {}
 
     def get(self, *key) -> tuple[Zoom, Zoom]:
         if key in self.items:
@@ -266,9 +272,9 @@ def image_to_inputs(rgb: np.ndarray, sizes: Sequence[Sequence[int]], method: str
         blob = image_to_blob(torch.from_numpy(np.array(rgb)).to(device), input_scale, mean_bgr)
         return [resize_chw(blob, size, method) for size in sizes]
     height, width = int(rgb.shape[0]), int(rgb.shape[1])
-    sizes = [(int(h), int(w)) for h, w in sizes]
-    mats = [_matrices(method, size, (height, width), device, torch.float32) for size in sizes]
-    columns = [torch.empty((3, size[0], width), dtype=torch.float32, device=device) for size in sizes]
+    pairs = [(int(h), int(w)) for h, w in sizes]
+    mats = [_matrices(method, size, (height, width), device, torch.float32) for size in pairs]
+    columns = [torch.empty((3, size[0], width), dtype=torch.float32, device=device) for size in pairs]
     for start in range(0, width, band):
         stop = min(width, start + band)
         chunk = torch.from_numpy(np.array(rgb[:, start:stop])).to(device).float()  # a writable copy

@@ -95,7 +95,8 @@ class ModelRecord:
     @property
     def prototxt(self) -> str | None:
         """The file name of the test net the record names (``architecture.prototxt``), if any."""
-        arch = self.meta.get("architecture") if isinstance(self.meta.get("architecture"), dict) else {}
+        arch = self.meta.get("architecture")
+        arch = arch if isinstance(arch, dict) else {}
         return Path(arch["prototxt"]).name if arch.get("prototxt") else None
 
     @property
@@ -115,7 +116,8 @@ class ModelRecord:
 
     def scores(self) -> dict[str, float]:
         """The model's own test scores (``test_scores.<name>``), metric -> mean."""
-        table = self.meta.get("test_scores") if isinstance(self.meta.get("test_scores"), dict) else {}
+        table = self.meta.get("test_scores")
+        table = table if isinstance(table, dict) else {}
         mine = table.get(self.name)
         return {k: float(v) for k, v in mine.items()} if isinstance(mine, dict) else {}
 
@@ -144,7 +146,8 @@ def read_record_file(path: PathLike, weights: PathLike, verify: bool = True) -> 
         raise SaliconError(f"{path}: the model's record is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise SaliconError(f"{path}: the model's record is not a JSON object")
-    files = data.get("weights") if isinstance(data.get("weights"), dict) else {}
+    files = data.get("weights")
+    files = files if isinstance(files, dict) else {}
     record = ModelRecord(name=str(data.get("name", Path(weights).stem)), weights_file=files.get("file"),
                          sha256=files.get("sha256"), center_prior=data.get("center_prior") or None,
                          postprocess=data.get("postprocess") or None, meta=data)
@@ -188,9 +191,9 @@ def model_folders() -> list[tuple[Path, str | None]]:
 
     folders: list[tuple[Path, str | None]] = [(shipped_file("models", DEFAULT_MODEL).parent, None)]
     seen = {folders[0][0].resolve()}
-    entries = metadata.entry_points()
-    entries = (entries.select(group=ENTRY_POINT_GROUP) if hasattr(entries, "select")  # Python >= 3.10
-               else entries.get(ENTRY_POINT_GROUP, []))
+    found: Any = metadata.entry_points()
+    entries = (found.select(group=ENTRY_POINT_GROUP) if hasattr(found, "select")  # Python >= 3.10
+               else found.get(ENTRY_POINT_GROUP, []))
     for entry in entries:
         try:
             spec = importlib.util.find_spec(entry.value.split(":")[0])
@@ -298,5 +301,6 @@ def model_metadata(path: PathLike) -> dict[str, str]:
     return read_safetensors_metadata(path) if is_safetensors(path) else {}
 
 
-__all__ = ["DEFAULT_MODEL_NAME", "ENTRY_POINT_GROUP", "ModelSpec", "model_folders", "model_records", "record_prototxt", "resolve_model", "read_record_file", "OUTPUT_BLOB", "DEFAULT_MODEL", "ModelRecord", "shipped_file", "prototxt_path", "default_model_path", "record_path",
-           "read_record", "file_sha256", "model_metadata"]
+__all__ = ["DEFAULT_MODEL_NAME", "ENTRY_POINT_GROUP", "ModelSpec", "model_folders", "model_records", "record_prototxt",
+           "resolve_model", "read_record_file", "OUTPUT_BLOB", "DEFAULT_MODEL", "ModelRecord", "shipped_file",
+           "prototxt_path", "default_model_path", "record_path", "read_record", "file_sha256", "model_metadata"]

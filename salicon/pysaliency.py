@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import types
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -147,7 +147,7 @@ class CenterBiasModel(pysaliency.Model):
 
 
 def load_osie(root: PathLike, names: Sequence[str] | None = None, split: PathLike | None = None,
-              unique_pixels: bool = False) -> tuple["pysaliency.FileStimuli", "pysaliency.Fixations"]:
+              unique_pixels: bool = False) -> tuple[pysaliency.FileStimuli, pysaliency.Fixations]:
     """OSIE (``root/stimuli``, ``root/fixations.mat``) as pysaliency stimuli and
     fixations (one subject id per observer), restricted to ``names`` or to the
     images of a ``split`` file. Coordinates follow pysaliency's convention
@@ -175,6 +175,7 @@ def load_osie(root: PathLike, names: Sequence[str] | None = None, split: PathLik
     xs, ys, ns, subjects = [], [], [], []
     for index, sample in enumerate(samples):
         fix = sample.fixations
+        assert fix is not None, "an OSIE sample has its fixations"
         if unique_pixels:
             rows, cols = fixated_pixels(fix, stimuli.sizes[index])
             x, y, subject = cols + 0.5, rows + 0.5, np.zeros(rows.size)
@@ -189,7 +190,7 @@ def load_osie(root: PathLike, names: Sequence[str] | None = None, split: PathLik
     return stimuli, fixations
 
 
-def fixation_map_model(stimuli, fixations, sigma: float = OSIE_SIGMA) -> "pysaliency.FixationMap":
+def fixation_map_model(stimuli, fixations, sigma: float = OSIE_SIGMA) -> pysaliency.FixationMap:
     """Blurred fixation maps (Gaussian ``sigma`` px, zeros outside the image, as
     OSIE's maps): the ground truth of pysaliency's CC."""
     return pysaliency.FixationMap(stimuli, fixations, kernel_size=sigma, convolution_mode="constant")

@@ -10,7 +10,7 @@ net, so at most one forward pass runs at a time and, on a GPU, the requests
 waiting together run as one batch. Every queue and cache is bounded, so
 memory stays flat however many clients there are; a full queue answers 503.
 
-Routes (see the README for curl lines):
+Routes (docs/guides/web.md has curl lines):
 
 - ``GET /``: the page (``salicon/web/``).
 - ``POST /api/saliency``: multipart ``file``; query ``format=png|npy|json``,
@@ -29,10 +29,11 @@ import secrets
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -27,7 +27,7 @@ from typing import Any
 from . import runtimes
 from .config import SaliconConfig
 from .errors import SaliconError
-from .serve import UPLOAD_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, RequestError, Result, ResultCache
+from .serve import DEFAULT_MAX_UPLOAD_BYTES, UPLOAD_MAX_PIXELS, RequestError, Result, ResultCache
 
 SERVE_EXTRA_HINT = "pip install -e \".[serve]\" (or pip install \"salicon[serve]\")"
 APP_NAME = "salicon"
@@ -150,7 +150,7 @@ class SaliconReplica:
         context = serve.get_replica_context()
         self.service = SaliencyService(model, max_pixels=options.max_pixels,
                                        max_upload_bytes=options.max_upload_bytes, batch_size=options.batch_size,
-                                       max_queue=options.max_queue, cache=SharedResultCache(store))
+                                       max_queue=options.max_queue, cache=SharedResultCache(store))  # type: ignore[arg-type]
         self.token = options.token
         self.service.labels = {"server": "ray serve", "replica": str(context.replica_id.unique_id),
                                "pid": os.getpid()}
@@ -181,7 +181,7 @@ def build_application(options: ServeOptions, resources: dict[str, float]):
     store = serve.deployment(ResultStore, name="ResultStore", num_replicas=1,
                              ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100)
     threads = max(1, int(resources["num_cpus"])) if "num_gpus" not in resources else None
-    return replica.bind(options, store.bind(), threads)
+    return replica.bind(options, store.bind(), threads)  # type: ignore[attr-defined]
 
 
 def run_on_ray(options: ServeOptions, on_ready=None) -> None:

@@ -9,8 +9,9 @@ larger clip on a shared server is not what a short-clip endpoint is for).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 

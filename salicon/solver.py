@@ -31,8 +31,9 @@ Caffe their update is 0 as well).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -43,6 +44,9 @@ from .engine.net import ParamInfo
 from .errors import FormatError
 from .proto import caffe_pb2
 from .types import PathLike
+
+#: Lists of tensors as torch._foreach_* take and give them (lists or tuples).
+Tensors = Union[list[torch.Tensor], tuple[torch.Tensor, ...]]
 
 _LEGACY_TYPES = {caffe_pb2.SolverParameter.SGD: "SGD", caffe_pb2.SolverParameter.NESTEROV: "Nesterov",
                  caffe_pb2.SolverParameter.ADAGRAD: "AdaGrad", caffe_pb2.SolverParameter.RMSPROP: "RMSProp",
@@ -171,7 +175,7 @@ class Solver:
 
     def _forward_backward(self, batches: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
                           forward: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None
-                          ) -> list[torch.Tensor]:
+                          ) -> Tensors:
         """Fresh gradients from forward/backward passes over ``iter_size`` input
         dicts; their detached losses, in order."""
         if isinstance(batches, Mapping):
@@ -215,7 +219,7 @@ class Solver:
                 w.grad = value.clone()
         self.iter += 1
 
-    def _gradients(self) -> list[torch.Tensor]:
+    def _gradients(self) -> Tensors:
         """Each learnable blob's gradient in the update's dtype (zeros for a blob
         without one), averaged over the ``iter_size`` passes."""
         grads = [info.param.grad.to(_math_dtype(info.param)) if info.param.grad is not None
@@ -297,7 +301,7 @@ _BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16:
          torch.float16: torch.int16}
 
 
-def _select_(dest: list[torch.Tensor], new: list[torch.Tensor], keep: torch.Tensor) -> None:
+def _select_(dest: Tensors, new: Tensors, keep: torch.Tensor) -> None:
     """``dest = keep ? dest : new`` for whole lists, exactly and without a host sync.
 
     ``keep`` is a 0-dim integer 0/1 tensor on the device. The select works on the
@@ -312,7 +316,7 @@ def _select_(dest: list[torch.Tensor], new: list[torch.Tensor], keep: torch.Tens
     torch._foreach_add_(d, n)
 
 
-def _gate_(values: list[torch.Tensor], ok: torch.Tensor) -> None:
+def _gate_(values: Tensors, ok: torch.Tensor) -> None:
     """``values`` zeroed (+0.0) where ``ok`` is 0 and left exactly as they are where
     it is 1: a product of bit patterns, so a NaN value is zeroed too."""
     if values:
@@ -347,10 +351,11 @@ class MultiTensorSolver(Solver):
     def step(self, batches, forward=None) -> torch.Tensor:  # type: ignore[override]
         """One iteration as :meth:`Solver.step`, without reading the loss back:
         returns it as a 0-dim float64 tensor on the device."""
-        total = None
+        total: torch.Tensor | None = None
         for loss in self._forward_backward(batches, forward):
             value = loss.double()  # float32 -> float64 is exact, as float() is
             total = value if total is None else total + value
+        assert total is not None, "a step runs at least one forward pass"
         iter_size = max(1, self.param.iter_size)
         if not self._pending:
             self._pending_from = self.iter
@@ -384,8 +389,8 @@ class MultiTensorSolver(Solver):
             grads = self._clipped(grads)
         rate = self.lr
         for (lr_mult, decay_mult), ks in self.groups:
-            weights = [self.infos[k].param for k in ks]
-            g = [grads[k] for k in ks]
+            weights: list[torch.Tensor] = [self.infos[k].param for k in ks]
+            g: Tensors = [grads[k] for k in ks]
             decay = p.weight_decay * decay_mult
             if decay:
                 if p.regularization_type == "L2":
@@ -395,7 +400,7 @@ class MultiTensorSolver(Solver):
                     g = torch._foreach_add(g, torch._foreach_mul([torch.sign(w) for w in weights], decay))
                 else:
                     raise FormatError(f"unknown regularization_type '{p.regularization_type}'")
-            old = [[h[k] for k in ks] for h in self.history]
+            old: list[Tensors] = [[h[k] for k in ks] for h in self.history]
             new, value = self._update_values(old, g, rate * lr_mult)
             if value[0].dtype != weights[0].dtype:
                 value = [v.to(w.dtype) for v, w in zip(value, weights)]
@@ -405,7 +410,7 @@ class MultiTensorSolver(Solver):
             torch._foreach_sub_(weights, value)
         self.iter += 1
 
-    def _clipped(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _clipped(self, grads: Tensors) -> Tensors:
         """Rescaled to the L2 norm clip_gradients when above it; the norm summed
         in float64 blob by blob, as the per-blob solver does, on the device."""
         squares = torch._foreach_mul(grads, grads)
@@ -417,8 +422,8 @@ class MultiTensorSolver(Solver):
         scale = torch.where(norm > clip, clip / norm, torch.ones_like(norm))
         return torch._foreach_mul(grads, scale)
 
-    def _update_values(self, h: list[list[torch.Tensor]], g: list[torch.Tensor], rate: float
-                       ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+    def _update_values(self, h: list[Tensors], g: Tensors, rate: float
+                       ) -> tuple[list[Tensors], Tensors]:
         """(new histories, update value) of :meth:`Solver._update_value`, out of place."""
         p, f = self.param, torch
         if self.type in ("SGD", "Nesterov"):

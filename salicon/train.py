@@ -5,11 +5,9 @@ authors did), a new random order of the training images every epoch, a seeded
 held-out split written next to the snapshots, a time limit (2.5 h by default,
 as in the report), snapshots at the solver's interval and at the end
 (.caffemodel + .solverstate, resumable exactly), a validation loss every epoch,
-a JSON-lines log and a loss-curve picture.
-
-Images are held in memory as decoded uint8 at their own size and resized to
-the net's input sizes on the compute device at every step, with the same
-spline resize as inference.
+a JSON-lines log and a loss-curve picture. Images are held in memory as
+decoded uint8 at their own size and resized to the net's input sizes on the
+compute device at every step, with the same spline resize as inference.
 """
 from __future__ import annotations
 
@@ -18,9 +16,10 @@ import json
 import math
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -159,6 +158,7 @@ class Trainer:
         self.loss_tops = dict(self.net.loss_weights)
         loss_layers = [lp for lp in self.net.layer_params.values() if set(lp.top) & set(self.loss_tops)]
         self.map_blob = loss_layers[0].bottom[0] if loss_layers else None
+        self.backend: Any  # how a step runs: real Caffe's solver, or this package's on PyTorch
         if self.engine == "caffe":
             from .runtimes.caffe import CaffeSolverBackend, check_layer_files
             check_layer_files(net_path, self.net.layer_files)
@@ -169,7 +169,7 @@ class Trainer:
             del self.net
         else:
             if self.device.type == "cuda":
-                self.net.to(memory_format=torch.channels_last)
+                self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it
                 self.net.memory_format = torch.channels_last
             self.backend = _TorchBackend(self)
         #: The layers computed once per image with cache_frozen (None: every layer at every step).
@@ -186,16 +186,15 @@ class Trainer:
         if all(self.net.layer(self.net.step_names[i]).is_input for i in prefix.steps):
             self.say("cache_frozen: every layer learns or follows one that does; nothing to compute once")
             return None
-        size, count = 4 * sum(math.prod(self.net.blob_shapes[b]) for b in prefix.boundary), len(self.train_set) + len(self.test_set)
-        free = free_memory(self.device)
+        size = 4 * sum(math.prod(self.net.blob_shapes[b]) for b in prefix.boundary)  # bytes per image
+        free, count = free_memory(self.device), len(self.train_set) + len(self.test_set)
+        last, kept = self.net.step_names[max(prefix.steps)], ", ".join(prefix.boundary)
         if free is not None and size * count > 0.8 * free:
-            raise TrainingError(f"cache_frozen: the blobs to keep ({', '.join(prefix.boundary)}) take "
-                                f"{size * count / 2**30:.1f} GiB for {count} images, more than the "
-                                f"{free / 2**30:.1f} GiB free on {self.device}; freeze more layers (lr_mult 0) "
-                                f"or train without --cache-frozen")
-        self.say(f"cache_frozen: {len(prefix.steps)} layers up to {self.net.step_names[max(prefix.steps)]} run once per image; "
-                 f"keeping {', '.join(prefix.boundary)}: {size / 2**20:.1f} MiB per image, "
-                 f"{size * count / 2**30:.2f} GiB for {count} images")
+            raise TrainingError(f"cache_frozen: the blobs to keep ({kept}) take {size * count / 2**30:.1f} GiB for "
+                                f"{count} images, more than the {free / 2**30:.1f} GiB free on {self.device}; "
+                                f"freeze more layers (lr_mult 0) or train without --cache-frozen")
+        self.say(f"cache_frozen: {len(prefix.steps)} layers up to {last} run once per image; keeping {kept}: "
+                 f"{size / 2**20:.1f} MiB per image, {size * count / 2**30:.2f} GiB for {count} images")
         return prefix
 
     # ------------------------------------------------------------- data
@@ -254,7 +253,8 @@ class Trainer:
         from .preprocess import saliency_to_image_size
         if not samples:
             return {"val_loss": None}
-        losses, scores = [], {"NSS": [], "CC": [], "AUC_Judd": []}
+        losses: list[float] = []
+        scores: dict[str, list[float]] = {"NSS": [], "CC": [], "AUC_Judd": []}
         for sample in samples:
             loss, logits = self.backend.evaluate(self.feeds(sample), self.map_blob)
             losses.append(loss)
@@ -301,7 +301,7 @@ class Trainer:
             run.bar.close()
         return self._finish(run, reason)
 
-    def _flush(self, run: "_Run") -> str | None:
+    def _flush(self, run: _Run) -> str | None:
         """Read back the losses not yet read; a stop reason if one was not finite."""
         try:
             losses = self.backend.flush()
@@ -310,14 +310,14 @@ class Trainer:
         run.add_losses(losses)
         return None
 
-    def _stop_reason(self, run: "_Run", interrupt: "_Interrupt") -> str | None:
+    def _stop_reason(self, run: _Run, interrupt: _Interrupt) -> str | None:
         if run.max_iter is not None and self.backend.iter >= run.max_iter:
             return "max_iter"
         if time.perf_counter() >= run.deadline:
             return "time limit"
         return "interrupted" if interrupt.hit else None
 
-    def _next_sample(self, run: "_Run") -> PreparedSample:
+    def _next_sample(self, run: _Run) -> PreparedSample:
         """The next training image: a new random order each epoch, a function of
         (seed, epoch), and a validation pass when an epoch ends."""
         epoch, pos = divmod(self.backend.iter, len(self.train_set))
@@ -329,9 +329,10 @@ class Trainer:
                 run.record({"event": "epoch", "epoch": epoch, "iter": self.backend.iter, **val,
                             "time": time.perf_counter() - run.start})
                 self.say(f"epoch {epoch} done at iter {self.backend.iter}: " + _describe(val))
+        assert run.order is not None
         return self.train_set[run.order[pos]]
 
-    def _step(self, run: "_Run") -> str | None:
+    def _step(self, run: _Run) -> str | None:
         """One solver step on one image, logged; a stop reason if the loss is not finite."""
         sample = self._next_sample(run)
         it = self.backend.iter + 1
@@ -366,7 +367,7 @@ class Trainer:
         atomic_write(model.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
         return model, state
 
-    def _finish(self, run: "_Run", stop_reason: str) -> TrainResult:
+    def _finish(self, run: _Run, stop_reason: str) -> TrainResult:
         """The final snapshot (the last good one after a non-finite loss), validation,
         the end record, the pictures and the summary line."""
         failed = stop_reason.startswith("non-finite")
@@ -411,8 +412,8 @@ class _Run:
     max_iter: int | None
     display: int
     deadline: float = 0.0
-    bar: object = None
-    log: object = None
+    bar: Any = None                    # the tqdm bar, when progress is shown
+    log: Any = None                    # the open JSON-lines log
     history: list = field(default_factory=list)
     recent: list = field(default_factory=list)
     order: np.ndarray | None = None

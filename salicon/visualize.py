@@ -3,7 +3,7 @@ and the loss curve of a training run."""
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence, Union
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -108,7 +108,7 @@ def salient_points(saliency_map: np.ndarray, count: int = 5, min_distance: float
     return points
 
 
-def plot_loss_curve(history: Sequence[dict], path: Union[str, os.PathLike], size=(800, 450)) -> None:
+def plot_loss_curve(history: Sequence[dict], path: str | os.PathLike, size=(800, 450)) -> None:
     """Draw training loss (per logged iteration) and validation loss (per
     epoch) against iterations, as a PNG (log-scaled loss axis)."""
     train = [(r["iter"], r["loss"]) for r in history if r.get("event") == "train" and np.isfinite(r["loss"])]
@@ -151,7 +151,7 @@ def plot_loss_curve(history: Sequence[dict], path: Union[str, os.PathLike], size
     img.save(path)
 
 
-def plot_validation_curve(history: Sequence[dict], path: Union[str, os.PathLike],
+def plot_validation_curve(history: Sequence[dict], path: str | os.PathLike,
                           metrics: Sequence[str] = ("NSS", "CC", "AUC_Judd"), panel=(300, 240)) -> None:
     """Draw the validation metrics of a training log (``val_<metric>`` of its
     epoch and end records) against iterations, one panel per metric (PNG)."""
@@ -198,7 +198,7 @@ def plot_validation_curve(history: Sequence[dict], path: Union[str, os.PathLike]
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
 
-def score_histograms(evaluation, path: Union[str, os.PathLike], bins: int = 20) -> None:
+def score_histograms(evaluation, path: str | os.PathLike, bins: int = 20) -> None:
     """One histogram panel per metric, a colour per model (PNG)."""
     metrics, models = evaluation.metrics, evaluation.models()
     cols = 3
@@ -226,7 +226,7 @@ def score_histograms(evaluation, path: Union[str, os.PathLike], bins: int = 20) 
         draw.text((left, bottom + 4), f"{lo:.3g}", fill="black")
         draw.text((right - 30, bottom + 4), f"{hi:.3g}", fill="black")
         bar_w = (right - left) / bins
-        for k, (model, c) in enumerate(counts.items()):
+        for k, c in enumerate(counts.values()):
             colour = _COLOURS[k % len(_COLOURS)]
             for b, n in enumerate(c):
                 if n:
@@ -236,7 +236,7 @@ def score_histograms(evaluation, path: Union[str, os.PathLike], bins: int = 20) 
     img.save(path)
 
 
-def contact_sheet(evaluation, dataset, predict, path: Union[str, os.PathLike], metric: str = "NSS",
+def contact_sheet(evaluation, dataset, predict, path: str | os.PathLike, metric: str = "NSS",
                   model: str = "salicon", n: int = 4, thumb: int = 200) -> None:
     """The ``n`` best and ``n`` worst images by ``metric``: each row shows the
     image, the fixation map over it and the model's map over it (PNG)."""
@@ -257,7 +257,8 @@ def contact_sheet(evaluation, dataset, predict, path: Union[str, os.PathLike], m
         pred = np.asarray(predict(sample), dtype=np.float64)
         pred = (pred - pred.min()) / (np.ptp(pred) or 1.0)
         if pred.shape != rgb.shape[:2]:
-            pred = np.asarray(Image.fromarray(pred.astype(np.float32)).resize(rgb.shape[1::-1], Image.BILINEAR))
+            resized = Image.fromarray(pred.astype(np.float32)).resize(rgb.shape[1::-1], Image.Resampling.BILINEAR)
+            pred = np.asarray(resized)
         tiles = [rgb.astype(np.uint8), overlay(rgb, density), overlay(rgb, np.clip(pred, 0, 1))]
         for j, tile in enumerate(tiles):
             im = Image.fromarray(tile)

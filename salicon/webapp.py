@@ -22,7 +22,7 @@ import numpy as np
 try:  # the optional web extra; FastAPI resolves the route annotations against this module
     from fastapi import Request, UploadFile
 except ImportError:  # salicon serve explains what to install (web_dependencies_missing)
-    Request = UploadFile = None
+    Request = UploadFile = None  # type: ignore[misc,assignment]
 
 from ._version import __version__
 from .image import load_image
@@ -94,20 +94,7 @@ async def _send_json(send, status: int, body: dict) -> None:
 def create_app(service: SaliencyService, token: str | None = None):
     """The FastAPI application serving ``service``: the page, the API and its
     documentation; with ``token``, every route needs it (:mod:`salicon.webauth`)."""
-    from fastapi_offline import FastAPIOffline
-
-    @asynccontextmanager
-    async def lifespan(_):
-        yield
-        await asyncio.get_running_loop().run_in_executor(None, service.close)
-
-    # FastAPIOffline: FastAPI with /docs and /redoc drawing on shipped files, not a CDN.
-    app = FastAPIOffline(title="SALICON saliency", version=__version__, lifespan=lifespan,
-                         description="Saliency maps (where people look in an image) from the SALICON model.")
-    _add_error_handlers(app, service)
-    _add_page_routes(app)
-    _add_api_routes(app, service)
-    _add_video_routes(app, service)
+    app = _routes(service)
     # Room for the multipart framing around a file of the limit's size.
     limited = BodyLimit(app, service.max_upload_bytes + 64 * 1024, service.max_upload_bytes)
     if token:
@@ -115,6 +102,32 @@ def create_app(service: SaliencyService, token: str | None = None):
 
         return TokenAuth(limited, token)
     return limited
+
+
+def _routes(service: SaliencyService | None):
+    """The FastAPI application with every route (``service`` is what they call;
+    None builds the routes only, for their OpenAPI schema)."""
+    from fastapi_offline import FastAPIOffline
+
+    @asynccontextmanager
+    async def lifespan(_):
+        yield
+        if service is not None:
+            await asyncio.get_running_loop().run_in_executor(None, service.close)
+
+    # FastAPIOffline: FastAPI with /docs and /redoc drawing on shipped files, not a CDN.
+    app = FastAPIOffline(title="SALICON saliency", version=__version__, lifespan=lifespan,
+                         description="Saliency maps (where people look in an image) from the SALICON model.")
+    _add_error_handlers(app, service)  # type: ignore[arg-type]
+    _add_page_routes(app)
+    _add_api_routes(app, service)  # type: ignore[arg-type]
+    _add_video_routes(app, service)  # type: ignore[arg-type]
+    return app
+
+
+def openapi_schema() -> dict:
+    """The HTTP API's OpenAPI schema (what ``/openapi.json`` serves), without a model."""
+    return _routes(None).openapi()
 
 
 def _add_error_handlers(app, service: SaliencyService) -> None:
@@ -222,9 +235,9 @@ def _add_api_routes(app, service: SaliencyService) -> None:
             body = await run_in_threadpool(_describe, service, name, data, rgb, sal, seconds, postprocess,
                                            overlay, alpha, keep, chosen)
             return JSONResponse(body, headers=headers)
-        body, media, filename = await run_in_threadpool(_encode, format, rgb, sal, overlay, alpha, name)
+        encoded, media, filename = await run_in_threadpool(_encode, format, rgb, sal, overlay, alpha, name)
         disposition = "attachment" if format == "npy" else "inline"
-        return Response(body, media_type=media,
+        return Response(encoded, media_type=media,
                         headers={**headers, "Content-Disposition": content_disposition(disposition, filename)})
 
     @app.get("/api/results/{key}/{what}", summary="a kept result: map.png, map.npy or overlay.png")
@@ -247,8 +260,8 @@ def _add_video_routes(app, service: SaliencyService) -> None:
         if service.videos is None:
             from .video import video_problem
 
-            raise RequestError(501, video_problem() or "this server does not take videos (video jobs run on "
-                                                       "salicon serve without --ray: a job's files live on one machine)")
+            raise RequestError(501, video_problem() or "this server does not take videos (video jobs run on salicon "
+                                                       "serve without --ray: a job's files live on one machine)")
         return service.videos
 
     @app.post("/api/video", status_code=202, summary="start a video job: a map video of an uploaded clip")
@@ -362,4 +375,4 @@ def run_server(service: SaliencyService, host: str = "127.0.0.1", port: int = 78
     uvicorn.run(create_app(service, token), host=host, port=port, log_level=log_level, access_log=False)
 
 
-__all__ = ["create_app", "run_server", "content_disposition", "BodyLimit", "FORMATS"]
+__all__ = ["create_app", "openapi_schema", "run_server", "content_disposition", "BodyLimit", "FORMATS"]

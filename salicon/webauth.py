@@ -27,7 +27,8 @@ _SIGN_IN = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>SALICON: sign in</title><link rel="icon" href="data:,">
 <style>body{{font:15px/1.45 system-ui,sans-serif;max-width:420px;margin:12vh auto;padding:0 20px;color:#1d2330}}
-input{{font:inherit;padding:6px 8px;width:100%;box-sizing:border-box;margin:6px 0}}button{{font:inherit;padding:6px 14px}}
+input{{font:inherit;padding:6px 8px;width:100%;box-sizing:border-box;margin:6px 0}}
+button{{font:inherit;padding:6px 14px}}
 .error{{color:#991b1b}}</style></head>
 <body><h1>SALICON</h1><p>This server needs its access token (<code>salicon serve --token</code>).</p>
 <form method="post" action="/login"><label>Token <input id="token" name="token" type="password" autofocus
@@ -92,7 +93,8 @@ class TokenAuth:
             page = _SIGN_IN.format(next=html.escape(target), error="That is not this server's token.")
             return await _respond(send, 401, page.encode(), b"text/html; charset=utf-8")
         cookie = f"{COOKIE}={self._cookie}; Max-Age={COOKIE_MAX_AGE}; Path=/; HttpOnly; SameSite=Strict"
-        await _respond(send, 303, b"", b"text/plain", [(b"location", target.encode()), (b"set-cookie", cookie.encode())])
+        headers = [(b"location", target.encode()), (b"set-cookie", cookie.encode())]
+        await _respond(send, 303, b"", b"text/plain", headers)
 
 
 async def _respond(send, status: int, body: bytes, media: bytes, extra: list | None = None) -> None:

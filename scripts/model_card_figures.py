@@ -1,4 +1,4 @@
-"""Make the README's model-card pictures for the shipped model.
+"""Make the model card's pictures for the shipped model.
 
     python scripts/model_card_figures.py [--osie ../shared/data/osie] [-o docs/images]
 

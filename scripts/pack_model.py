@@ -59,7 +59,8 @@ def main() -> int:
     kept = {name: params[name] for name in net.params}
     metadata = {
         "format": "salicon", "name": args.name,
-        "architecture": f"prototxt/{args.prototxt.name}" if args.prototxt == prototxt_path("salicon.prototxt") else args.prototxt.name,
+        "architecture": (f"prototxt/{args.prototxt.name}" if args.prototxt == prototxt_path("salicon.prototxt")
+                         else args.prototxt.name),
         "input_scale": repr(args.input_scale), "mean_bgr": ",".join(repr(m) for m in MEAN_BGR),
         "channel_order": "BGR", "blob_naming": "<layer>/<blob index>",
     }

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from salicon import Salicon  # noqa: E402
-from salicon.runtimes.openvino import quantize_int8, record_int8  # noqa: E402
 from salicon.pretrained import default_model_path, prototxt_path  # noqa: E402
+from salicon.runtimes.openvino import quantize_int8, record_int8  # noqa: E402
 
 
 def calibration_names(split: Path, count: int) -> list[str]:

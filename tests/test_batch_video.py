@@ -97,7 +97,8 @@ def test_a_clip_on_two_actors_equals_one_process(ray_cluster, clip, tmp_path, sm
     np.testing.assert_allclose(many["maps"].astype(np.float32), one["maps"].astype(np.float32), atol=2e-3)
     a, b = decoded(tmp_path / "one" / "walk.mp4"), decoded(tmp_path / "ray" / "walk.mp4")
     assert len(b["frames"]) == 30 and b["times"] == pytest.approx(a["times"])
-    assert max(np.abs(x.astype(float) - y.astype(float)).mean() for x, y in zip(a["frames"], b["frames"])) < 3.0  # fp16 maps, re-encoded
+    worst = max(np.abs(x.astype(float) - y.astype(float)).mean() for x, y in zip(a["frames"], b["frames"]))
+    assert worst < 3.0  # fp16 maps, re-encoded
     with open(tmp_path / "ray" / "manifest.csv", newline="") as fh:
         rows = {r["input"]: r for r in csv.DictReader(fh)}
     assert rows[str(clip)]["status"] == "written" and rows[str(clip)]["outputs"] == "walk.mp4 walk.npz"

@@ -206,7 +206,7 @@ def test_same_stem_inputs_keep_their_extension(tmp_path, small_model, small_prot
     assert _predict([folder, "-o", out], small_model, small_prototxt) == 0
     assert sorted(p.name for p in out.iterdir()) == ["x.jpg.png", "x.png.png", "y.png"]
     from .conftest import ROOT
-    assert "`x.jpg.png`, `x.png.png`" in (ROOT / "README.md").read_text()  # the rule is documented
+    assert "`x.jpg.png`, `x.png.png`" in (ROOT / "docs" / "guides" / "command-line.md").read_text()  # documented
 
 
 def test_init_weights_refuses_to_overwrite_other_files(tmp_path, capsys):
@@ -377,8 +377,8 @@ def test_ctrl_c_message_starts_on_its_own_line(monkeypatch, capsys):
 
 
 def test_api_client_says_in_one_line_that_no_server_answers():
-    from .test_serve import _free_port
     from .conftest import ROOT
+    from .test_serve import _free_port
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "api_client.py"), "x.jpg", "--url",
                              f"http://127.0.0.1:{_free_port()}"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr

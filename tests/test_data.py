@@ -8,8 +8,16 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from salicon.data import (CAT2000Dataset, DataError, MIT1003Dataset, OSIEDataset, SALICONDataset, open_dataset,
-                           prepare, split_names)
+from salicon.data import (
+    CAT2000Dataset,
+    DataError,
+    MIT1003Dataset,
+    OSIEDataset,
+    SALICONDataset,
+    open_dataset,
+    prepare,
+    split_names,
+)
 from salicon.fixations import Fixations, binary_fixation_map, fixation_density, gaussian_window, training_target
 
 from .conftest import SHARED

@@ -11,8 +11,15 @@ import torch
 from PIL import Image
 
 from salicon.cli import main
-from salicon.decode import (PreprocessSpec, decode_inputs, decode_rgb, gpu_decode_problem, prefetch, read_for_gpu,
-                            to_device)
+from salicon.decode import (
+    PreprocessSpec,
+    decode_inputs,
+    decode_rgb,
+    gpu_decode_problem,
+    prefetch,
+    read_for_gpu,
+    to_device,
+)
 from salicon.errors import EngineError, ImageTooLargeError, SaliconError
 from salicon.image import load_image
 from salicon.model import Salicon

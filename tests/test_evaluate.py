@@ -10,7 +10,7 @@ from PIL import Image
 
 from salicon.cli import main
 from salicon.data import OSIEDataset, open_dataset
-from salicon.evaluate import center_bias, evaluate, other_fixations, load_ground_truth, read_split
+from salicon.evaluate import center_bias, evaluate, load_ground_truth, other_fixations, read_split
 
 from .conftest import SHARED
 

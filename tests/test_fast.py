@@ -9,8 +9,15 @@ import torch
 
 from salicon.device import precision_context
 from salicon.engine import Net
-from salicon.engine.fast import (VARIANTS, FastForward, ForwardOptions, FusedConvReLU, GraphCache, fuse_conv_relu,
-                                 run_steps)
+from salicon.engine.fast import (
+    VARIANTS,
+    FastForward,
+    ForwardOptions,
+    FusedConvReLU,
+    GraphCache,
+    fuse_conv_relu,
+    run_steps,
+)
 from salicon.errors import EngineError
 from salicon.model import Salicon
 from salicon.preprocess import image_to_inputs, image_to_inputs_nhwc

@@ -59,6 +59,7 @@ def test_salicon_net_on_cuda_without_cuda_says_so():
 def test_every_registered_model_is_an_entry_point():
     from salicon.pretrained import model_records
     for name in model_records():  # torch.hub.list reads GitHub only; load finds each name locally
-        assert callable(torch.hub.load(str(ROOT), name, source="local", device="cpu", precision="fp32").compute_saliency)
+        loaded = torch.hub.load(str(ROOT), name, source="local", device="cpu", precision="fp32")
+        assert callable(loaded.compute_saliency)
     fast = torch.hub.load(str(ROOT), "salicon_osie_fast", source="local", device="cpu", precision="fp32")
     assert fast.name == "salicon_osie_fast" and fast.prototxt_path.name == "salicon_osie_fast.prototxt"

@@ -11,8 +11,8 @@ import scipy.special
 import torch
 
 from salicon.engine import Blob, Net
-from salicon.engine.python_layers import PROJECT_LAYERS_DIR, read_layer_file
 from salicon.engine.pylayer import load_layer_class
+from salicon.engine.python_layers import PROJECT_LAYERS_DIR, read_layer_file
 from salicon.formats import parse_net_prototxt
 
 

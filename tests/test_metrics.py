@@ -92,8 +92,10 @@ def test_cc_sim_kldiv_identities(case):
     assert M.cc(sal, density) == pytest.approx(np.corrcoef(sal.ravel(), density.ravel())[0, 1])
     assert M.sim(density, density) == pytest.approx(1.0)
     assert M.kldiv(density, density) == pytest.approx(0.0, abs=1e-9)
-    a = np.zeros((4, 4)); a[0, 0] = 1
-    b = np.zeros((4, 4)); b[3, 3] = 1
+    a = np.zeros((4, 4))
+    a[0, 0] = 1
+    b = np.zeros((4, 4))
+    b[3, 3] = 1
     assert M.sim(a, b) == pytest.approx(0.0)
     # KLDiv by the MIT formula, written out.
     p, q = sal / sal.sum(), density / density.sum()
@@ -115,8 +117,10 @@ def test_information_gain(case):
 def test_emd(case):
     _, _, density = case
     assert M.emd(density, density, downsize=4) == pytest.approx(0.0, abs=1e-9)
-    a = np.zeros((8, 8)); a[0, 0] = 1
-    b = np.zeros((8, 8)); b[0, 5] = 1
+    a = np.zeros((8, 8))
+    a[0, 0] = 1
+    b = np.zeros((8, 8))
+    b[0, 5] = 1
     # All mass moves 5 cells (no reduction): distance 5.
     assert M.emd(a, b, downsize=1) == pytest.approx(5.0, rel=1e-6)
 
@@ -129,7 +133,8 @@ def test_resizing_and_errors(case):
         M.nss(big, fix, convention="pysaliency")
     with pytest.raises(M.MetricError, match="no fixations"):
         M.auc_judd(sal, np.zeros_like(fix))
-    bad = sal.copy(); bad[0, 0] = np.nan
+    bad = sal.copy()
+    bad[0, 0] = np.nan
     with pytest.raises(M.MetricError, match="NaN"):
         M.cc(bad, density)
     with pytest.raises(M.MetricError, match="constant"):

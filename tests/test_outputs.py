@@ -10,8 +10,19 @@ from PIL import Image
 
 from salicon import outputs
 from salicon.inputs import Item
-from salicon.outputs import (OutputError, OutputSpec, OutputStore, WriteCounts, atomic_write, check_output_folder,
-                             find_clashes, npy_bytes, png_bytes, remove_empty_folders, write_map)
+from salicon.outputs import (
+    OutputError,
+    OutputSpec,
+    OutputStore,
+    WriteCounts,
+    atomic_write,
+    check_output_folder,
+    find_clashes,
+    npy_bytes,
+    png_bytes,
+    remove_empty_folders,
+    write_map,
+)
 from salicon.visualize import to_uint8
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.ndimage
+import torch
 
 from salicon import Salicon
-from salicon.postprocess import (CenterPrior, PostProcess, PostProcessError, fit_center_prior,
-                                 parse_postprocess)
+from salicon.postprocess import CenterPrior, PostProcess, PostProcessError, fit_center_prior, parse_postprocess
 from salicon.preprocess import saliency_to_image_size
-
-import torch
 
 
 def test_fit_recovers_a_known_gaussian():
@@ -163,7 +161,9 @@ def test_shipped_model_has_a_recorded_default():
 
 def test_predict_and_evaluate_take_postprocess_options(tmp_path, small_model, small_prototxt, capsys):
     import csv
+
     from PIL import Image
+
     from salicon.cli import main
     rng = np.random.default_rng(5)
     folder = tmp_path / "in"

@@ -8,8 +8,15 @@ import pytest
 
 from salicon import Salicon
 from salicon.errors import SaliconError
-from salicon.pretrained import (ModelRecord, default_model_path, file_sha256, prototxt_path, read_record,
-                                record_path, shipped_file)
+from salicon.pretrained import (
+    ModelRecord,
+    default_model_path,
+    file_sha256,
+    prototxt_path,
+    read_record,
+    record_path,
+    shipped_file,
+)
 
 
 def test_shipped_files_are_found():

@@ -233,7 +233,7 @@ def test_solver_leaves_the_update_in_diff_and_runs_test_nets_as_caffe(tiny_solve
                         solver.net.params["conv1_1"][0].diff.copy()))
         diffs.append(got)
         tests.append(float(solver.test_nets[0].forward()["loss"]))  # the shared weights, after 3 steps
-    for (c_diff, c_delta, c_frozen), (o_diff, o_delta, o_frozen) in zip(*diffs):
+    for (c_diff, _, c_frozen), (o_diff, o_delta, o_frozen) in zip(*diffs):
         scale = float(np.abs(c_diff).max())
         assert scale > 0 and np.abs(o_diff - c_diff).max() <= 1e-4 * scale
         np.testing.assert_allclose(o_diff, o_delta, rtol=1e-3, atol=1e-3 * scale)  # the diff is the update

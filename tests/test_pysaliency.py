@@ -21,8 +21,7 @@ with warnings.catch_warnings():
     pysaliency = pytest.importorskip("pysaliency", reason="pysaliency is not installed "
                                                          "(pip install \"salicon[pysaliency]\")")
 
-from salicon.pysaliency import (CenterBiasModel, SaliconModel, SaliconSaliencyMapModel,  # noqa: E402
-                                fixation_map_model, load_osie)
+from salicon.pysaliency import CenterBiasModel, SaliconModel, SaliconSaliencyMapModel, fixation_map_model, load_osie  # noqa: E402
 
 OSIE = SHARED / "data" / "osie"
 needs_osie = pytest.mark.skipif(not (OSIE / "fixations.mat").exists(), reason=f"OSIE not found at {OSIE}")

@@ -12,17 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from salicon.config import SaliconConfig
 import torch
 from google.protobuf import text_format
 from PIL import Image
 
 from salicon import cli
+from salicon.config import SaliconConfig
 from salicon.engine import Net
 from salicon.engine.layers import BilinearInterpolation, CustomData, PublishedInterpolation
-from salicon.engine.python_layers import (NATIVE_LAYERS, PROJECT_LAYERS_DIR, LayerFile, fingerprint,
-                                          find_layer_file, native_for, read_layer_file)
+from salicon.engine.python_layers import (
+    NATIVE_LAYERS,
+    PROJECT_LAYERS_DIR,
+    LayerFile,
+    find_layer_file,
+    fingerprint,
+    native_for,
+    read_layer_file,
+)
 from salicon.errors import NetError
 from salicon.proto import caffe_pb2
 

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from salicon import Salicon
-from salicon.runtimes.caffe import CaffeNet, caffe_available
 from salicon.engine import Net
 from salicon.errors import EngineError
+from salicon.runtimes.caffe import CaffeNet, caffe_available
 from salicon.solver import Solver, read_solver
 from salicon.weights import init_from_vgg16
 
@@ -117,6 +117,7 @@ def _margin(net: Net, feeds) -> float:
     two largest values of a max-pooling window, over the layers that
     backpropagate (block 3 and up), computed in float64."""
     import re
+
     import torch.nn.functional as F
     ref = copy.deepcopy(net).double()
     found = []

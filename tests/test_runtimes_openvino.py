@@ -11,9 +11,9 @@ from PIL import Image
 
 from salicon import Salicon
 from salicon.config import SaliconConfig
-from salicon.runtimes import resolve
 from salicon.errors import EngineError, FormatError, SaliconError
 from salicon.metrics import cc
+from salicon.runtimes import resolve
 
 from .conftest import ROOT
 
@@ -147,8 +147,8 @@ def test_int8_of_another_net_is_refused(small_int8, tmp_path):
     from .conftest import PROTOTXT, edit_prototxt
 
     other = tmp_path / "other.prototxt"
-    other.write_text(edit_prototxt((PROTOTXT / "salicon.prototxt").read_text(),
-                                   {"1,3,1200,1600": "1,3,64,96", "1,3,600,800": "1,3,32,48", "1,512,38,50": "1,512,2,3"}))
+    sizes = {"1,3,1200,1600": "1,3,64,96", "1,3,600,800": "1,3,32,48", "1,512,38,50": "1,512,2,3"}
+    other.write_text(edit_prototxt((PROTOTXT / "salicon.prototxt").read_text(), sizes))
     with pytest.raises(FormatError, match=r"small_int8.xml: this OpenVINO model is for another net"):
         Salicon(small_int8.with_name("small_int8.xml"), other, precision="int8")
 

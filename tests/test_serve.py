@@ -497,7 +497,8 @@ def test_several_models_are_served_and_chosen_by_name(model, small_model, small_
             np.testing.assert_allclose(np.load(io.BytesIO(r.content)), expected.compute_saliency(photo), atol=1e-6)
         assert _post(client, data, format="json", model="plain").json()["model_name"] == "plain"
         r = _post(client, data, model="nope")
-        assert r.status_code == 400 and "'nope' is not served here (this server serves first, plain" in r.json()["error"]
+        assert r.status_code == 400
+        assert "'nope' is not served here (this server serves first, plain" in r.json()["error"]
         assert client.get("/api/health").json()["images"] == 4
 
 

@@ -131,7 +131,8 @@ def test_sign_in_video_upload_and_webcam(camera_browser, locked_server, tmp_path
     assert "Latency" in stats and "maps a second" in stats and "320x240 pictures" in stats
     pixels = d.execute_script(
         "const c = document.getElementById('webcam-canvas');"
-        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 4 == 0));")
+        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data"
+        ".filter((_, i) => i % 4 == 0));")
     red = np.asarray(pixels, dtype=float)
     assert red.size == 320 * 240 and red.std() > 10  # a picture with a heatmap drawn, not a blank canvas
     d.save_screenshot(str(ARTIFACTS / "serve_page_webcam.png"))

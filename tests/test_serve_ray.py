@@ -107,7 +107,8 @@ def ray_server(small_model, small_prototxt):
             proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError("salicon serve --ray did not stop within 90 s of Ctrl-C: " + "".join(lines)[-3000:])
+            raise AssertionError("salicon serve --ray did not stop within 90 s of Ctrl-C: "
+                                 + "".join(lines)[-3000:]) from None
     reader.join(timeout=10)
     assert proc.returncode == 0, "".join(lines)[-3000:]
 

@@ -47,7 +47,7 @@ LAYERS = {
     # 10: the command line
     "salicon.cli.options": 10, "salicon.cli.predict": 10, "salicon.cli.evaluate": 10, "salicon.cli.train": 10,
     "salicon.cli.serve": 10, "salicon.cli.models": 10, "salicon.cli.export": 10, "salicon.cli": 10,
-    "salicon.cli.video": 10,
+    "salicon.cli.video": 10, "salicon.cli.reference": 10,
     # 11: the package's front door
     "salicon": 11, "salicon.__main__": 11,
 }

@@ -411,6 +411,7 @@ def test_the_fast_models_training_command_runs_on_a_small_copy_of_its_net(tmp_pa
     from salicon_osie's weights, bf16, --cache-frozen, a few steps, a snapshot
     whose record names the net."""
     from salicon.pretrained import PROJECT_ROOT
+
     from .conftest import edit_prototxt
     text = (PROJECT_ROOT / "prototxt" / "finetune_salicon_fast.prototxt").read_text()
     net = tmp_path / "finetune_fast_small.prototxt"

@@ -69,7 +69,8 @@ def http_markdown() -> str:
                 for media in body:
                     lines.append(f"| `file` | body ({media}) | file | the upload, as the multipart form field `file` |")
                 lines.append("")
-            answers = ", ".join(f"`{code}` {_cell(r.get('description', ''))}" for code, r in op.get("responses", {}).items())
+            responses = op.get("responses", {}).items()
+            answers = ", ".join(f"`{code}` {_cell(r.get('description', ''))}" for code, r in responses)
             lines += [f"Answers: {answers}.", ""]
     return "\n".join(lines)
 

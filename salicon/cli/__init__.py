@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .._version import __version__
 from . import evaluate, export, models, predict, serve, train
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     # The subcommand's usage line, printed before a usage error found after parsing (options that do not go together).
-    args.usage = parser._subparsers._group_actions[0].choices[args.command].format_usage()
+    args.usage = parser._subparsers._group_actions[0].choices[args.command].format_usage()  # type: ignore[union-attr,index]
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -14,8 +14,19 @@ from pathlib import Path
 
 from ..errors import SaliconError
 from ..metrics import METRICS
-from .options import (usage_error, add_engine, add_model, add_out, add_postprocess, add_quiet, build_salicon, error, model_problem,
-                      positive_int, subcommand)
+from .options import (
+    add_engine,
+    add_model,
+    add_out,
+    add_postprocess,
+    add_quiet,
+    build_salicon,
+    error,
+    model_problem,
+    positive_int,
+    subcommand,
+    usage_error,
+)
 
 
 def add_parser(sub) -> None:

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import SaliconError
-from .options import usage_error, add_model, add_out, error, subcommand
+from .options import add_model, add_out, error, subcommand, usage_error
 
 
 def add_parsers(sub) -> None:

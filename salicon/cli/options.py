@@ -146,7 +146,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or action.default is argparse.SUPPRESS \
                 or "default:" in help_text:
             return help_text
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) or ""
 
 
 def subcommand(sub, name: str, summary: str, doc: str) -> argparse.ArgumentParser:
@@ -231,7 +231,7 @@ def add_engine(p: argparse.ArgumentParser, engine_help: str, inference: bool = T
 
 POSTPROCESS_HELP = ("'default' (the model's recorded post-processing: the shipped model's centre prior), "
                     "'none' (the published output) or key=value pairs, e.g. "
-                    "'blur=0.02,prior=learned,weight=1,normalize=probability' (see the README)")
+                    "'blur=0.02,prior=learned,weight=1,normalize=probability' (see docs/guides/maps.md)")
 
 
 def add_postprocess(p: argparse.ArgumentParser, repeat: bool = False, extra: str = "") -> None:
@@ -355,19 +355,18 @@ def model_problem(exc: Exception, args: argparse.Namespace | None = None) -> int
     model cannot give (its syntax was checked with the arguments), exit status 1;
     options that do not go together, exit status 2, after the subcommand's usage
     line (as argparse reports a usage error)."""
+    from ..errors import OptionError
     from ..postprocess import PostProcessError
 
-    from ..errors import OptionError
-
     usage = isinstance(exc, (UsageError, OptionError))
-    if usage and getattr(args, "usage", None):
+    if usage and args is not None and getattr(args, "usage", None):
         print(args.usage, end="", file=sys.stderr)
     error(f"--postprocess: {exc}" if isinstance(exc, PostProcessError) else phrase(exc))
     return 2 if usage else 1
 
 
-__all__ = ["usage_error", "phrase", "flag", "subcommand", "HelpFormatter", "build_salicon", "salicon_config", "model_problem", "ray_problem", "error",
-           "plural", "add_out", "add_model",
-           "add_engine", "add_postprocess", "add_max_pixels", "add_quiet", "prototxt_arg", "positive_int",
-           "non_negative_int", "positive_float", "whole_number", "duration", "max_pixels", "input_scale",
-           "device", "postprocess_spec", "DEFAULT_MAX_PIXELS", "INPUT_SCALES", "FAST_PROTOTXT"]
+__all__ = ["usage_error", "phrase", "flag", "subcommand", "HelpFormatter", "build_salicon", "salicon_config",
+           "model_problem", "ray_problem", "error", "plural", "add_out", "add_model", "add_engine", "add_postprocess",
+           "add_max_pixels", "add_quiet", "prototxt_arg", "positive_int", "non_negative_int", "positive_float",
+           "whole_number", "duration", "max_pixels", "input_scale", "device", "postprocess_spec", "DEFAULT_MAX_PIXELS",
+           "INPUT_SCALES", "FAST_PROTOTXT"]

@@ -23,10 +23,36 @@ from typing import Callable
 from ..errors import SaliconError
 from ..image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image_rows
 from ..inputs import Item, is_uri, list_inputs
-from ..outputs import (MAP_FORMATS, STORES, OutputError, OutputSpec, OutputStore, WriteCounts, check_output_folder,
-                       find_clashes, remove_empty_folders, write_map)
-from .options import (usage_error, add_engine, add_max_pixels, add_model, add_out, add_postprocess, add_quiet, build_salicon, error,
-                      model_problem, phrase, plural, positive_int, ray_problem, salicon_config, subcommand)
+from ..outputs import (
+    MAP_FORMATS,
+    STORES,
+    OutputError,
+    OutputSpec,
+    OutputStore,
+    WriteCounts,
+    check_output_folder,
+    find_clashes,
+    remove_empty_folders,
+    write_map,
+)
+from .options import (
+    add_engine,
+    add_max_pixels,
+    add_model,
+    add_out,
+    add_postprocess,
+    add_quiet,
+    build_salicon,
+    error,
+    model_problem,
+    phrase,
+    plural,
+    positive_int,
+    ray_problem,
+    salicon_config,
+    subcommand,
+    usage_error,
+)
 from .video import add_video_options, run_videos, split_videos, video_outputs, videos_problem
 
 #: What --ray accepts as a cluster address (anything else after --ray is an input).
@@ -81,7 +107,7 @@ def add_parser(sub) -> None:
 
 
 def _add_ray_options(p: argparse.ArgumentParser) -> None:
-    ray = p.add_argument_group("many images on Ray (pip install -e \".[ray]\"; see the README's 'Many images')")
+    ray = p.add_argument_group("many images on Ray (pip install -e \".[ray]\"; see docs/guides/ray.md)")
     ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                      help="run as a Ray Data job: decode on CPU workers, the net in actors, outputs written by "
                           "the workers, finished images skipped on a rerun, OUT/manifest.csv. Without ADDRESS a "
@@ -153,10 +179,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if isinstance(prepared, int):
         return prepared
     items, not_found, created = prepared
-    problem = videos_problem(args, split_videos(items)[1])
-    if problem is not None:
+    unfit = videos_problem(args, split_videos(items)[1])
+    if unfit is not None:
         remove_empty_folders(created)
-        return usage_error(args, problem)
+        return usage_error(args, unfit)
     run = _predict_on_ray if args.ray is not None else _predict_here
     return run(args, items, spec, not_found, created)
 
@@ -252,7 +278,8 @@ def _ray_problem(args: argparse.Namespace) -> int | None:
     from ..batch import ray_dependencies_missing
 
     if args.decode != "threads" or args.workers:
-        return usage_error(args, "--decode and --workers apply to single-process predict; --ray jobs decode on Ray's CPU workers")
+        return usage_error(args, "--decode and --workers apply to single-process predict; "
+                                 "--ray jobs decode on Ray's CPU workers")
     problem = ray_problem(args, _address(args), ray_dependencies_missing, "single-process predict")
     if problem is not None:
         return problem

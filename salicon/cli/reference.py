@@ -16,11 +16,11 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 def option_strings(parser: argparse.ArgumentParser) -> list[str]:
     """Every option (``--model``, ``-o``, ...) and positional (by its metavar or name) of ``parser``."""
-    names = []
+    names: list[str] = []
     for action in parser._actions:
         if action.help == SUPPRESSED or isinstance(action, argparse._SubParsersAction):
             continue
-        names.extend(action.option_strings or [action.metavar or action.dest])
+        names.extend(action.option_strings or [str(action.metavar or action.dest)])
     return names
 
 

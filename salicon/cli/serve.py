@@ -16,9 +16,26 @@ from ..jobs import DEFAULT_JOBS_PER_CLIENT, DEFAULT_RETENTION_S
 from ..serve import UPLOAD_MAX_PIXELS
 from ..serve_video import DEFAULT_MAX_SECONDS, DEFAULT_MAX_VIDEO_PIXELS
 from ..webauth import TOKEN_ENV
-from .options import (usage_error, add_engine, add_max_pixels, add_model, add_postprocess, build_salicon, error, model_problem,
-                      max_pixels, non_negative_int, positive_float, positive_int, ray_problem, phrase, salicon_config,
-                      subcommand, whole_number, with_model)
+from .options import (
+    add_engine,
+    add_max_pixels,
+    add_model,
+    add_postprocess,
+    build_salicon,
+    error,
+    max_pixels,
+    model_problem,
+    non_negative_int,
+    phrase,
+    positive_float,
+    positive_int,
+    ray_problem,
+    salicon_config,
+    subcommand,
+    usage_error,
+    whole_number,
+    with_model,
+)
 
 
 def add_parser(sub) -> None:
@@ -58,7 +75,7 @@ _RAY_ONLY = {"replicas": None, "min_replicas": None, "max_replicas": None, "repl
 
 
 def _add_ray_options(p: argparse.ArgumentParser) -> None:
-    ray = p.add_argument_group("on Ray Serve (pip install -e \".[serve]\"; see the README's 'Serving on a cluster')")
+    ray = p.add_argument_group("on Ray Serve (pip install -e \".[serve]\"; see docs/guides/ray.md)")
     ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                      help="run the same app as a Ray Serve deployment, one model per replica (a GPU each on GPU "
                           "nodes). Without ADDRESS a local Ray instance; 'auto' or ray://HOST:10001 joins a cluster")
@@ -154,7 +171,8 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
         return usage_error(args, "serve --ray serves one --model (one deployment per model: run it once for each)")
     args = with_model(args, args.model[0] if args.model else None)
     if args.replicas is not None and args.max_replicas is not None:
-        return usage_error(args, "give --replicas (a fixed number) or --min-replicas/--max-replicas (autoscaling), not both")
+        return usage_error(args, "give --replicas (a fixed number) or --min-replicas/--max-replicas "
+                                 "(autoscaling), not both")
     try:
         ServeOptions(replicas=args.replicas or 1, min_replicas=args.min_replicas, max_replicas=args.max_replicas)
     except ServeError as exc:
@@ -165,9 +183,9 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
     problem = ray_problem(args, address, serve_dependencies_missing, "the single-process server")
     if problem is not None:
         return problem
-    problem = listen_problem(args.host, args.port) if address is None else None
-    if problem:
-        error(f"cannot serve on {args.host}:{args.port}: {problem}")
+    taken = listen_problem(args.host, args.port) if address is None else None
+    if taken:
+        error(f"cannot serve on {args.host}:{args.port}: {taken}")
         return 1
     try:
         options = ServeOptions(

@@ -12,8 +12,18 @@ import argparse
 import sys
 
 from ..errors import SaliconError
-from .options import (INPUT_SCALES, add_engine, add_out, add_quiet, duration, error, non_negative_int, positive_float,
-                      positive_int, subcommand)
+from .options import (
+    INPUT_SCALES,
+    add_engine,
+    add_out,
+    add_quiet,
+    duration,
+    error,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    subcommand,
+)
 
 
 def add_parser(sub) -> None:

@@ -7,8 +7,17 @@ import sys
 
 from ..errors import SaliconError
 from ..inputs import Item
-from ..video import (DEFAULT_CPU_FPS, FrameSampler, VideoError, VideoInfo, VideoOutputs, is_video_name, probe,
-                     video_problem, write_video)
+from ..video import (
+    DEFAULT_CPU_FPS,
+    FrameSampler,
+    VideoError,
+    VideoInfo,
+    VideoOutputs,
+    is_video_name,
+    probe,
+    video_problem,
+    write_video,
+)
 from .options import error, phrase, plural, positive_float, positive_int
 
 
@@ -61,7 +70,8 @@ def choose_sampler(args: argparse.Namespace, model, info: VideoInfo) -> tuple[Fr
     rate = float(info.rate) if info.rate else None
     if model.device.type != "cpu" or (rate is not None and rate <= DEFAULT_CPU_FPS):
         return FrameSampler(), "every frame"
-    return FrameSampler(fps=DEFAULT_CPU_FPS), f"{DEFAULT_CPU_FPS:g} maps a second on the CPU (--fps / --every to change)"
+    chosen = f"{DEFAULT_CPU_FPS:g} maps a second on the CPU (--fps / --every to change)"
+    return FrameSampler(fps=DEFAULT_CPU_FPS), chosen
 
 
 def run_videos(model, videos: list[Item], args: argparse.Namespace) -> tuple[int, int]:
@@ -89,7 +99,7 @@ def run_videos(model, videos: list[Item], args: argparse.Namespace) -> tuple[int
         try:
             result = write_video(model, item.source, args.out, item.stem, outputs, sampler,
                                  smoothing=args.temporal_smoothing, interpolate=args.interpolate, info=info,
-                                 batch_size=args.batch_size, progress=lambda _: bar.update(1))
+                                 batch_size=args.batch_size, progress=lambda _: bar.update(1))  # noqa: B023  # called now
         except (VideoError, SaliconError, OSError) as exc:
             bar.close()
             error(phrase(exc))

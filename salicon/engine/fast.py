@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ class ForwardOptions:
     cuda_graphs: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "ForwardOptions":
+    def parse(cls, text: str) -> ForwardOptions:
         """``"fuse_relu,compile"`` (dashes or underscores), ``"all"``, ``"none"`` or ``""``."""
         names = [n.strip().replace("-", "_") for n in text.split(",") if n.strip()]
         if names == ["none"]:
@@ -86,7 +87,8 @@ class FusedConvReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         c = self.conv
-        weight, bias = c.weight, c.bias
+        weight: torch.Tensor = c.weight  # type: ignore[assignment]  # parameters
+        bias: torch.Tensor | None = c.bias  # type: ignore[assignment]
         if torch.is_autocast_enabled(x.device.type):  # these ops are not on autocast's lists
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weight = x.to(dtype), weight.to(dtype)
@@ -109,7 +111,7 @@ class FusedConvReLU(nn.Module):
 Step = tuple[nn.Module, tuple[str, ...], tuple[str, ...]]
 
 
-def fuse_conv_relu(steps: list[Step], keep: set[str] = frozenset()) -> list[Step]:
+def fuse_conv_relu(steps: list[Step], keep: Collection[str] = frozenset()) -> list[Step]:
     """``steps`` with each Convolution whose top an in-place, non-leaky ReLU
     overwrites next merged with it (a top in ``keep`` is left as is)."""
     out: list[Step] = []
@@ -222,9 +224,9 @@ class FastForward:
         if options.cuda_graphs and net.device.type != "cuda":
             raise EngineError(f"forward variant cuda-graphs needs a CUDA device; the net is on {net.device}")
         if options.channels_last:
-            net.to(memory_format=torch.channels_last)
+            net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it
             net.memory_format = torch.channels_last
-        steps = list(net._steps)
+        steps: list[Step] = list(net._steps)
         if options.fuse_relu:
             steps = fuse_conv_relu(steps, keep={output})
         self.steps = steps

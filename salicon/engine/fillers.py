@@ -6,7 +6,7 @@ uses its own RNG), so only the distribution, not the exact values, matches.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

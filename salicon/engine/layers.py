@@ -11,7 +11,8 @@ string to a class.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ class Layer(nn.Module):
                  generator: torch.Generator | None = None):
         super().__init__()
         self.name = param.name
-        self.type = param.type
+        self.type = param.type  # type: ignore[method-assign,assignment]  # Caffe's layer type; Module.type() is unused
         self.phase = phase
         self.generator = generator
         self.blob_names: list[str] = []
@@ -54,7 +55,7 @@ class Layer(nn.Module):
 
     # -- helpers ---------------------------------------------------------
     def error(self, message: str) -> NetError:
-        return NetError(self.name, self.type, message)
+        return NetError(self.name, str(self.type), message)
 
     def check_bottoms_agree(self, param: LayerParameter, except_axis: int | None = None, hint: str = "") -> None:
         """Every bottom has the first one's shape (on every axis but ``except_axis``)."""

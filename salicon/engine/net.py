@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -25,8 +26,15 @@ from ..proto import caffe_pb2
 from ..types import PathLike
 from .layers import LAYER_TYPES, Layer, Shape
 from .pylayer import PythonLayer
-from .python_layers import PROJECT_LAYERS_DIR  # noqa: F401 (re-exported)
-from .python_layers import LayerFile, PythonLayerInfo, announce, layer_file_for, native_for, resolve_mode
+from .python_layers import (
+    PROJECT_LAYERS_DIR,  # noqa: F401 (re-exported)
+    LayerFile,
+    PythonLayerInfo,
+    announce,
+    layer_file_for,
+    native_for,
+    resolve_mode,
+)
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -108,8 +116,10 @@ class Net(nn.Module):
         weights: optional .caffemodel to copy parameters from.
         phase: ``"test"`` or ``"train"`` (selects layers by include/exclude rules
             and sets Dropout's behaviour).
-        level, stages: the rest of Caffe's NetState.
-        device, dtype: where and in which precision parameters live.
+        level: the rest of Caffe's NetState, with ``stages``.
+        stages: the NetState's stages (include/exclude rules read them).
+        device: where the parameters live.
+        dtype: the parameters' precision.
         seed: seeds the weight fillers.
         search_path: folders to import Python layer modules from before
             ``sys.path`` (see :mod:`salicon.engine.python_layers`).
@@ -134,13 +144,14 @@ class Net(nn.Module):
         super().__init__()
         from_file = not isinstance(prototxt, caffe_pb2.NetParameter)
         self.source = str(prototxt) if from_file else "<NetParameter>"
-        net_param = formats.read_net_prototxt(prototxt) if from_file else formats.upgrade_net(prototxt)
+        net_param = (formats.read_net_prototxt(prototxt) if from_file  # type: ignore[arg-type]
+                     else formats.upgrade_net(prototxt))  # type: ignore[arg-type]
         search = [Path(p) for p in search_path]
         self.python_layers_mode = resolve_mode(python_layers)
         self._layer_files = dict(layer_files or {})
         #: Layer name -> which file and implementation each Python layer runs.
         self.python_layers: OrderedDict[str, PythonLayerInfo] = OrderedDict()
-        phase = _PHASE_NAMES.get(phase, phase) if isinstance(phase, int) else phase
+        phase = _PHASE_NAMES.get(phase, str(phase)) if isinstance(phase, int) else phase  # type: ignore[call-overload]
         if phase not in PHASES:
             raise ValueError(f"phase must be 'train' or 'test' (or caffe's TRAIN/TEST), not {phase!r}")
         self.phase = phase
@@ -229,7 +240,7 @@ class Net(nn.Module):
         file = layer_file_for(lp, search, self._layer_files)
         factory, implementation = native_for(file, pp.layer, self.python_layers_mode)
         if factory is not None:
-            layer = factory(lp, bottom_shapes, phase, generator)
+            layer: Layer = factory(lp, bottom_shapes, phase, generator)  # type: ignore[assignment]
         else:
             layer = PythonLayer(lp, bottom_shapes, phase, generator, file=file)
         info = PythonLayerInfo(pp.module, pp.layer, file.path, file.fingerprint, implementation)
@@ -251,12 +262,11 @@ class Net(nn.Module):
         return OrderedDict((name, layer.blobs) for name, layer in self._named_layers() if layer.blob_names)
 
     def _named_layers(self):
-        for name, layer in zip(self.layer_params, self.layers.values()):
-            yield name, layer
+        yield from zip(self.layer_params, self.layers.values())
 
     def layer(self, name: str) -> Layer:
         """The layer module called ``name`` in the prototxt."""
-        return self.layers[_module_key(name)]
+        return self.layers[_module_key(name)]  # type: ignore[return-value]  # every module is a Layer
 
     def param_info(self) -> list[ParamInfo]:
         """Every learnable blob with its lr_mult and decay_mult (default 1)."""
@@ -446,7 +456,7 @@ class Net(nn.Module):
         """The weighted sum of the loss tops (what a solver minimises)."""
         if not self.loss_weights:
             raise ValueError(f"{self.source} has no loss layer in phase '{self.phase}'")
-        return sum(w * outputs[name].sum() for name, w in self.loss_weights.items())
+        return sum(w * outputs[name].sum() for name, w in self.loss_weights.items())  # type: ignore[return-value]
 
     def extra_repr(self) -> str:
         ins = ", ".join(f"{k}{list(v)}" for k, v in self.input_shapes.items())
@@ -463,8 +473,8 @@ def count_flops(net: Net) -> float:
     """Multiply-adds x 2 of the convolution and inner-product layers at the
     declared input shapes (a yardstick for throughput figures)."""
     total = 0.0
-    for name, layer in net._named_layers():
-        out = layer.top_shapes[0] if layer.top_shapes else ()
+    for _, layer in net._named_layers():
+        out: tuple[int, ...] = tuple(layer.top_shapes[0]) if layer.top_shapes else ()
         if layer.type == "Convolution":  # per output value: C/group * kh * kw
             total += 2.0 * math.prod(out) * layer.weight.numel() / out[1]
         elif layer.type == "InnerProduct":

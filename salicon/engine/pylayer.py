@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -111,7 +111,7 @@ def load_layer_class(file: LayerFile, name: str, train: bool = False):
         if real is missing:
             sys.modules.pop("caffe", None)
         else:
-            sys.modules["caffe"] = real
+            sys.modules["caffe"] = real  # type: ignore[assignment]
     cls = getattr(mod, name, None)
     if not isinstance(cls, type):
         found = ", ".join(_defined_classes(mod)) or "none"
@@ -130,7 +130,7 @@ class _PythonLayerFunction(torch.autograd.Function):
     the blobs fed to the net as its tops' data, as the driver leaves them in Caffe."""
 
     @staticmethod
-    def forward(ctx, owner: "PythonLayer", *inputs: torch.Tensor):
+    def forward(ctx, owner: PythonLayer, *inputs: torch.Tensor):
         # Copies: the layer may write its blobs in place, and the tensors are the caller's.
         host = [Blob(data=b.detach().float().cpu().numpy().copy()) for b in inputs]
         bottom_blobs, top_blobs = ([], host) if owner.is_input else (host, [Blob(s) for s in owner.top_shapes])
@@ -141,7 +141,8 @@ class _PythonLayerFunction(torch.autograd.Function):
             raise owner.failure("forward", exc) from exc
         ctx.owner, ctx.bottom_blobs, ctx.top_blobs = owner, bottom_blobs, top_blobs
         ctx.meta = [(b.device, b.dtype) for b in inputs]
-        device, dtype = (inputs[0].device, inputs[0].dtype) if inputs else (owner.anchor.device, torch.float32)
+        anchor: torch.Tensor = owner.anchor  # type: ignore[assignment]  # a registered buffer
+        device, dtype = (inputs[0].device, inputs[0].dtype) if inputs else (anchor.device, torch.float32)
         outs = tuple(torch.from_numpy(np.array(t.data, dtype=np.float32)).to(device, dtype) for t in top_blobs)
         return outs if len(outs) != 1 else outs[0]
 
@@ -160,7 +161,7 @@ class _PythonLayerFunction(torch.autograd.Function):
                 ctx.owner.impl.backward(ctx.top_blobs, propagate, ctx.bottom_blobs)
             except Exception as exc:
                 raise ctx.owner.failure("backward", exc) from exc
-        out = [None]
+        out: list[torch.Tensor | None] = [None]
         for blob, need, (device, dtype) in zip(ctx.bottom_blobs, propagate, ctx.meta):
             out.append(torch.from_numpy(np.array(blob.diff, dtype=np.float32)).to(device, dtype) if need else None)
         return tuple(out)

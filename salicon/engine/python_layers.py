@@ -30,9 +30,10 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable
 
 from ..errors import NetError
 from ..proto import caffe_pb2
@@ -122,14 +123,16 @@ def find_layer_file(module: str, search_path: Iterable[os.PathLike | str] = ()) 
         if found:
             return Path(found)
     loaded = sys.modules.get(module)
-    if loaded is not None and _spec_file(getattr(loaded, "__spec__", None)):
-        return Path(loaded.__spec__.origin)
+    origin = _spec_file(getattr(loaded, "__spec__", None)) if loaded is not None else None
+    if origin:
+        return Path(origin)
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError, AttributeError):
         spec = None
-    if _spec_file(spec):
-        return Path(spec.origin)
+    origin = _spec_file(spec)
+    if origin:
+        return Path(origin)
     found = _find_in(module, [str(PROJECT_LAYERS_DIR)])
     if found:
         return Path(found)
@@ -257,7 +260,7 @@ def _native_table() -> tuple[dict[tuple[str, str], NativeLayer], dict[tuple[str,
         ("023d638a3c7c87b2", "CustomData"): NativeLayer(CustomData, published),
         ("83562648deaaa0e0", "custom_interpolation_layer"): NativeLayer(PublishedInterpolation, published),
     }
-    by_name = {("CustomData", "CustomData"): CustomData,
+    by_name: dict[tuple[str, str], Callable[..., object]] = {("CustomData", "CustomData"): CustomData,
                ("custom_interpolation_layer", "custom_interpolation_layer"): BilinearInterpolation}
     return by_fingerprint, by_name
 

@@ -38,8 +38,7 @@ import torch
 
 from ..engine.pylayer import Blob, _ShimLayer
 from .net import _MODE, TEST, TRAIN, Net, ParamBlob, _unsupported
-from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver,
-                      get_solver)
+from .solvers import AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver, get_solver
 
 #: The base class of Python layers (``class MyLayer(caffe.Layer)``).
 Layer = _ShimLayer

@@ -45,7 +45,7 @@ class ParamBlob(Blob):
         return self._param.device.type == "cpu"
 
     @property
-    def data(self) -> np.ndarray:
+    def data(self) -> np.ndarray:  # type: ignore[override]  # a parameter's, read from it
         if self._on_cpu:
             return self._param.detach().numpy()
         if self._host is None:
@@ -53,7 +53,7 @@ class ParamBlob(Blob):
         return self._host
 
     @property
-    def diff(self) -> np.ndarray:
+    def diff(self) -> np.ndarray:  # type: ignore[override]
         if self._param.grad is None:
             self._param.grad = torch.zeros_like(self._param)
         if self._on_cpu:
@@ -284,7 +284,7 @@ class Net:
                 p.requires_grad_(id(p) in self._learnable)
             try:
                 values, first = self._run(span, grad=True)
-                seeds = []
+                seeds: list = []
                 for i in span:  # tops that no later layer of the span reads start the pass
                     for t in steps[i][2]:
                         if read_later.get(t, -1) <= i and values[t].requires_grad and t not in {s for s, _ in seeds}:

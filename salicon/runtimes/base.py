@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .._version import __version__
 from ..errors import EngineError
 from ..types import PathLike
-
 
 
 class NetConfig(Protocol):
@@ -79,7 +79,7 @@ class Runtime(ABC):
         """Device types its workers on a cluster can use (default: as here)."""
         return self.devices()
 
-    def check_installed(self) -> None:
+    def check_installed(self) -> None:  # noqa: B027  # optional: most runtimes need nothing more
         """Raise EngineError, naming the install command, when what it needs is absent."""
 
     def missing(self) -> str | None:

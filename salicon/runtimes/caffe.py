@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -27,9 +27,9 @@ INSTALL_HINT = ("build it with `bash scripts/install_caffe.sh` (Debian/Ubuntu; C
 
 
 def _add_to_path(folder: Path) -> None:
-    folder = str(folder)
-    if folder not in sys.path:
-        sys.path.append(folder)
+    path = str(folder)
+    if path not in sys.path:
+        sys.path.append(path)
 
 
 def import_caffe():
@@ -225,4 +225,5 @@ class CaffeRuntime(Runtime):
 
 RUNTIME = CaffeRuntime()
 
-__all__ = ["CaffeRuntime", "RUNTIME", "CaffeNet", "CaffeSolverBackend", "check_layer_files", "import_caffe", "caffe_available", "set_params", "INSTALL_HINT"]
+__all__ = ["CaffeRuntime", "RUNTIME", "CaffeNet", "CaffeSolverBackend", "check_layer_files", "import_caffe",
+           "caffe_available", "set_params", "INSTALL_HINT"]

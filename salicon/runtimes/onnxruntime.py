@@ -90,7 +90,7 @@ class ONNXRuntimeRuntime(Runtime):
     def check_installed(self) -> None:
         import_onnxruntime()
 
-    def load(self, config: NetConfig, device) -> ONNXRuntimeNet:
+    def load(self, config: NetConfig, device) -> ONNXRuntimeNet:  # type: ignore[override]
         import torch
 
         import_onnxruntime()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -127,7 +128,7 @@ def record_int8(weights: PathLike, entry: dict) -> Path:
     from ..pretrained import record_path
 
     path = record_path(weights)
-    record = json.loads(path.read_text()) if path.is_file() else {"name": Path(weights).stem}
+    record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"name": Path(weights).stem}
     old = record.get("int8") or {}
     if old.get("scores") and old.get("sha256") == entry.get("sha256"):
         entry = {**entry, "scores": old["scores"]}  # the same file: its measured scores still hold
@@ -151,7 +152,7 @@ class OpenVINONet:
         self.input_shapes = {inp.get_any_name(): _static_shape(inp, source) for inp in model.inputs}
         self.outputs = [out.get_any_name() for out in model.outputs]
         self.blob_shapes = {out.get_any_name(): _static_shape(out, source) for out in model.outputs}
-        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
@@ -256,5 +257,6 @@ def int8_file(model: PathLike) -> Path:
 
 RUNTIME = OpenVINORuntime()
 
-__all__ = ["OpenVINORuntime", "RUNTIME", "int8_file", "OPENVINO_HINT", "PRECISIONS", "OpenVINONet", "convert_net", "read_ir", "quantize_int8", "record_int8", "import_openvino",
-           "openvino_available", "cache_folder", "conversion_key"]
+__all__ = ["OpenVINORuntime", "RUNTIME", "int8_file", "OPENVINO_HINT", "PRECISIONS", "OpenVINONet", "convert_net",
+           "read_ir", "quantize_int8", "record_int8", "import_openvino", "openvino_available", "cache_folder",
+           "conversion_key"]

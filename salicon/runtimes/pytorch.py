@@ -3,7 +3,6 @@ on the CPU or a GPU, in fp32 (exact, Caffe's numbers), tf32 or bf16 autocast.
 The only runtime that runs a Python layer file as written (on the host)."""
 from __future__ import annotations
 
-
 from ..device import PRECISIONS
 from .base import NetConfig, Runtime
 
@@ -35,7 +34,7 @@ class PyTorchRuntime(Runtime):
         net.copy_from(config.model, strict=True)
         net.eval().requires_grad_(False)
         if config.channels_last:
-            net.to(memory_format=torch.channels_last)
+            net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it
             net.memory_format = torch.channels_last
         return net
 

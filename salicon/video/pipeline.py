@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -136,6 +137,7 @@ def write_video(model, source: str, out: PathLike, stem: str, outputs: VideoOutp
                                                                                           outputs.threshold)
                 map_video.write(item.info, to_uint8(shown))
                 if over is not None:
+                    assert item.rgb is not None  # kept for the overlay
                     over.write(item.info, overlay(item.rgb, shown))
                 if archive is not None and item.computed:
                     archive.add(item.info, shown)

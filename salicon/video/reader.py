@@ -14,9 +14,9 @@ import math
 import os
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator
 
 import numpy as np
 
@@ -218,7 +218,7 @@ def read_frames(source: PathLike, info: VideoInfo | None = None, max_pixels: int
                     pts = last_pts + max(1, step)
                 if frame.width * frame.height > (max_pixels or math.inf):
                     raise VideoLimitError(f"{path}: frame {index} is {frame.width}x{frame.height}, over the "
-                                          f"limit of {describe_pixels(max_pixels)} per frame")
+                                          f"limit of {describe_pixels(max_pixels or 0)} per frame")
                 if frame.is_corrupt:
                     corrupt.append(index)
                 rgb = upright(frame.to_ndarray(format="rgb24"), info.rotation)

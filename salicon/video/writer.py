@@ -12,9 +12,10 @@ import io
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class VideoEncoder:
         codec = _encoder_name()
         rate = info.rate if info.rate and info.rate > 0 else Fraction(30)
         options = {"crf": CRF, "preset": PRESET} if codec == "libx264" else {}
-        stream = self._container.add_stream(codec, rate=rate, options=options)
+        stream: Any = self._container.add_stream(codec, rate=rate, options=options)  # a video stream
         stream.width, stream.height = info.width, info.height
         even = info.width % 2 == 0 and info.height % 2 == 0
         stream.pix_fmt = "yuv420p" if even or codec != "libx264" else "yuv444p"
@@ -147,7 +148,7 @@ def _mux_audio(video: Path, source: str, out: Path, fmt: str) -> None:
 
     with av.open(str(video)) as vin, av.open(source) as ain, av.open(str(out), "w", format=fmt) as dst:
         vstream = vin.streams.video[0]
-        mapping = {vstream: dst.add_stream_from_template(vstream)}
+        mapping: dict[Any, Any] = {vstream: dst.add_stream_from_template(vstream)}
         for astream in ain.streams.audio:
             try:
                 mapping[astream] = dst.add_stream_from_template(astream)

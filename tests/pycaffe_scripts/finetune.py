@@ -6,9 +6,8 @@ written for every image, solver.step(1), solver.net.save(...).
 """
 import sys
 
-import numpy as np
-
 import caffe
+import numpy as np
 
 solver_path, weights, steps, out_model, out = sys.argv[1:6]
 caffe.set_mode_cpu()
@@ -16,7 +15,7 @@ solver = caffe.SGDSolver(solver_path)
 solver.net.copy_from(weights)
 rng = np.random.RandomState(7)
 losses = []
-for it in range(int(steps)):
+for _step in range(int(steps)):
     for name in ("fine_scale", "coarse_scale"):
         blob = solver.net.blobs[name]
         blob.data[...] = rng.uniform(-0.5, 0.5, blob.data.shape)

@@ -6,11 +6,10 @@ into net.blobs[...].data[...], net.forward(), the map read from the output blob.
 """
 import sys
 
+import caffe
 import numpy as np
 import scipy.ndimage
 from PIL import Image
-
-import caffe
 
 prototxt, weights, image_path, out = sys.argv[1:5]
 caffe.set_mode_cpu()
