@@ -199,4 +199,4 @@ def test_a_killed_replica_under_load_loses_no_request_silently(ray_server):
     after = _replica_pids()
     assert len(after) == 2 and victim not in after, (before, after)
     import httpx as _h
-    assert _h.get(url + "/api/health", timeout=30).status_code == 200
+    assert _h.get(url + "/api/health", timeout=30, headers=AUTH).status_code == 200
