@@ -22,7 +22,7 @@ import numpy as np
 from .inputs import Item, is_uri
 from .video import FrameSampler, VideoError, VideoOutputs, probe, write_video
 from .video.reader import read_segment, scan_timestamps
-from .video.temporal import DEFAULT_CPU_FPS, ChosenFrames
+from .video.temporal import ChosenFrames, default_sampler
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,7 @@ class VideoSettings:
     segment_maps: int = 32          # maps per segment handed to an actor
 
     def sampler(self, on_gpu: bool) -> FrameSampler:
-        if self.fps is None and self.every is None and not on_gpu:
-            return FrameSampler(fps=DEFAULT_CPU_FPS)
-        return FrameSampler(fps=self.fps, every=self.every)
+        return default_sampler(self.fps, self.every, on_cpu=not on_gpu)
 
 
 def choose_frames(stamps: Sequence[int], time_base, start: int, sampler: FrameSampler) -> list[int]:

@@ -61,17 +61,28 @@ def _umask() -> int:
     return mask
 
 
+def temporary_beside(path: Path) -> Path:
+    """A new empty file in ``path``'s folder, hidden, to be renamed to ``path`` when complete."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: PathLike, path: PathLike) -> None:
+    """Give a finished temporary file the usual permissions and rename it to ``path``."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 def atomic_write(path: PathLike, write: Callable[[str], object]) -> None:
     """Create ``path`` through ``write(temporary_path)`` and a rename, so a crash
     or an error never leaves a half-written file (nor removes an older one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = str(temporary_beside(path))
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .jobs import DEFAULT_JOBS_PER_CLIENT, DEFAULT_RETENTION_S, JobError, JobManager, VideoJob
-from .video import DEFAULT_CPU_FPS, FrameSampler, VideoError, VideoLimitError, VideoOutputs, probe, write_video
+from .video import FrameSampler, VideoError, VideoLimitError, VideoOutputs, probe, write_video
+from .video.temporal import default_sampler
 
 #: Longest clip the server takes (seconds; ``salicon serve --max-video-seconds``).
 DEFAULT_MAX_SECONDS = 60.0
@@ -91,12 +92,8 @@ class VideoService:
             raise
 
     def _sampler(self, options: dict[str, Any]) -> FrameSampler:
-        fps, every = options.get("fps"), options.get("every")
-        if fps is None and every is None:
-            on_cpu = self.service.model.device.type == "cpu"
-            fps = DEFAULT_CPU_FPS if on_cpu else None
         try:
-            return FrameSampler(fps=fps, every=every)
+            return default_sampler(options.get("fps"), options.get("every"), self.service.model.device.type == "cpu")
         except ValueError as exc:
             raise JobError(400, str(exc)) from None
 

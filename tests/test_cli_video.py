@@ -10,7 +10,7 @@ pytest.importorskip("av", reason="PyAV (the extra 'video') reads videos")
 
 from salicon.cli import main  # noqa: E402
 
-from .videoclips import decoded, make_clip  # noqa: E402
+from .videoclips import audio_only, cut_clip, decoded, make_clip  # noqa: E402
 
 
 def _predict(args, small_model, small_prototxt, quiet=True):
@@ -101,27 +101,6 @@ def test_a_map_video_never_overwrites_its_input(media, small_model, small_protot
     assert (media / "clip.mp4").read_bytes() == before
 
 
-def _cut(tmp_path):
-    import av
-
-    whole = tmp_path / "whole.mp4"
-    with av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(60):
-            frame = av.VideoFrame.from_ndarray(
-                np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    whole.unlink()
-    return cut
-
-
 def _eight_k(tmp_path):
     import av
 
@@ -136,17 +115,9 @@ def _eight_k(tmp_path):
 
 
 def test_bad_videos_each_give_one_line_and_exit_1(tmp_path, small_model, small_prototxt, capsys):
-    cut = _cut(tmp_path)
+    cut = cut_clip(tmp_path)
     big = _eight_k(tmp_path)
-    sound = tmp_path / "sound.mp4"
-    import av
-
-    with av.open(str(sound), "w") as out:
-        a = out.add_stream("aac", rate=44100)
-        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        chunk.sample_rate, chunk.pts = 44100, 0
-        for packet in list(a.encode(chunk)) + list(a.encode()):
-            out.mux(packet)
+    sound = audio_only(tmp_path / "sound.mp4")
     out = tmp_path / "out"
     code = _predict([cut, big, sound, "-o", out, "--every", "1", "--max-pixels", "30M"], small_model, small_prototxt)
     errors = _errors(capsys.readouterr().err)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 
 from salicon.model import Salicon
@@ -19,7 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from salicon.jobs import JobManager, VideoJob  # noqa: E402
 from salicon.webapp import create_app  # noqa: E402
 
-from .videoclips import decoded, make_clip  # noqa: E402
+from .videoclips import cut_clip, decoded, make_clip  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -124,22 +123,7 @@ def test_an_image_renamed_mp4_and_an_empty_upload(client, tmp_path):
 
 
 def test_a_truncated_clip_gives_the_frames_before_the_break(client, tmp_path):
-    import av
-
-    whole = tmp_path / "whole.mp4"
-    with av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(60):
-            frame = av.VideoFrame.from_ndarray(
-                np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    cut = cut_clip(tmp_path)
     done = _wait(client, _upload(client, cut, overlay=False).json()["id"])
     assert done["status"] == "done" and done["error"].startswith("cut.mp4: ")
     assert "the result has the maps of the" in done["error"]

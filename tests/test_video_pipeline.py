@@ -11,7 +11,7 @@ pytest.importorskip("av", reason="PyAV (the extra 'video') reads videos")
 from salicon.errors import ImageError  # noqa: E402
 from salicon.video import FrameSampler, VideoError, VideoOutputs, frame_maps, write_video  # noqa: E402
 
-from .videoclips import decoded, disc_centres, make_clip  # noqa: E402
+from .videoclips import cut_clip, decoded, disc_centres, make_clip  # noqa: E402
 
 
 class CountingModel:
@@ -119,22 +119,7 @@ def test_an_interruption_leaves_no_file_behind(tmp_path):
 
 
 def test_a_clip_that_breaks_keeps_the_maps_of_the_frames_before(tmp_path):
-    import av
-
-    whole = tmp_path / "whole.mp4"
-    with av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(60):
-            frame = av.VideoFrame.from_ndarray(
-                np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    cut = cut_clip(tmp_path)
     result = write_video(CountingModel(), str(cut), tmp_path / "out", "cut", VideoOutputs())
     assert result.error and "cut.mp4" in result.error
     assert 10 < result.frames < 60

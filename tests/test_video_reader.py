@@ -10,7 +10,7 @@ pytest.importorskip("av", reason="PyAV (the extra 'video') reads videos")
 
 from salicon.video.reader import VideoError, VideoLimitError, probe, read_ahead, read_frames  # noqa: E402
 
-from .videoclips import make_clip  # noqa: E402
+from .videoclips import audio_only, cut_clip, make_clip  # noqa: E402
 
 
 def smooth_picture(h: int, w: int) -> np.ndarray:
@@ -83,18 +83,6 @@ def _zero_frames(path):
     return path
 
 
-def _audio_only(path):
-    import av
-
-    with av.open(str(path), "w", format="mp4") as out:
-        sound = out.add_stream("aac", rate=44100)
-        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        chunk.sample_rate, chunk.pts = 44100, 0
-        for packet in list(sound.encode(chunk)) + list(sound.encode()):
-            out.mux(packet)
-    return path
-
-
 def _image(path):
     from PIL import Image
 
@@ -119,7 +107,7 @@ def _unknown_codec(path):
 
 @pytest.mark.parametrize("make, name, message", [
     (_zero_frames, "empty.mkv", "has no video frames"),
-    (_audio_only, "sound.mp4", "has no video stream (audio only)"),
+    (audio_only, "sound.mp4", "has no video stream (audio only)"),
     (_image, "photo.mp4", "is a PNG image, not a video"),
     (_unknown_codec, "odd.avi", "unsupported video codec"),
     (_bytes(b""), "nothing.mp4", "the file is empty (0 bytes)"),
@@ -142,22 +130,7 @@ def test_limits_on_pixels_per_frame_and_duration(tmp_path):
 
 
 def test_a_truncated_clip_gives_its_frames_then_the_error(tmp_path):
-    import av
-
-    path = tmp_path / "whole.mp4"
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:  # the index first: cut files still play
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(60):
-            frame = av.VideoFrame.from_ndarray(
-                np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    cut = cut_clip(tmp_path)
     seen = []
     with pytest.raises(VideoError, match=r"cut.mp4: (truncated|corrupt)"):
         for info, _ in read_frames(cut):

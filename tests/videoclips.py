@@ -79,3 +79,39 @@ def decoded(path: Path) -> dict:
                 "width": v.codec_context.width, "height": v.codec_context.height,
                 "rate": v.average_rate, "audio": len(c.streams.audio), "pix_fmt": v.codec_context.pix_fmt,
                 "sar": v.sample_aspect_ratio, "rotation": 0}
+
+
+def cut_clip(folder: Path, name: str = "cut.mp4") -> Path:
+    """A 60-frame clip (index first, so a cut file still plays) cut in half: the
+    frames before the cut decode, then FFmpeg finds the file truncated."""
+    import av
+
+    whole = folder / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(60):
+            frame = av.VideoFrame.from_ndarray(
+                np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    cut = folder / name
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    return cut
+
+
+def audio_only(path: Path) -> Path:
+    """An .mp4 holding one AAC frame of silence and no video stream."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as out:
+        sound = out.add_stream("aac", rate=44100)
+        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        chunk.sample_rate, chunk.pts = 44100, 0
+        for packet in list(sound.encode(chunk)) + list(sound.encode()):
+            out.mux(packet)
+    return path

@@ -18,6 +18,7 @@ from ..video import (
     video_problem,
     write_video,
 )
+from ..video.temporal import default_sampler
 from .options import error, phrase, plural, positive_float, positive_int
 
 
@@ -64,14 +65,10 @@ def videos_problem(args: argparse.Namespace, videos: list[Item]) -> str | None:
 def choose_sampler(args: argparse.Namespace, model, info: VideoInfo) -> tuple[FrameSampler, str]:
     """The frames to compute (the user's choice, else all on a GPU, else at most
     DEFAULT_CPU_FPS a second) and how to say it."""
-    if args.every or args.fps:
-        sampler = FrameSampler(fps=args.fps, every=args.every)
-        return sampler, sampler.describe()
-    rate = float(info.rate) if info.rate else None
-    if model.device.type != "cpu" or (rate is not None and rate <= DEFAULT_CPU_FPS):
-        return FrameSampler(), "every frame"
-    chosen = f"{DEFAULT_CPU_FPS:g} maps a second on the CPU (--fps / --every to change)"
-    return FrameSampler(fps=DEFAULT_CPU_FPS), chosen
+    sampler = default_sampler(args.fps, args.every, model.device.type == "cpu",
+                              float(info.rate) if info.rate else None)
+    defaulted = args.fps is None and args.every is None and sampler.fps is not None
+    return sampler, sampler.describe() + (" on the CPU (--fps / --every to change)" if defaulted else "")
 
 
 def run_videos(model, videos: list[Item], args: argparse.Namespace) -> tuple[int, int]:

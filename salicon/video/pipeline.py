@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -114,8 +115,6 @@ def write_video(model, source: str, out: PathLike, stem: str, outputs: VideoOutp
     files are complete and playable) and reports the error in the result; a
     failure before any frame, an exception from ``progress`` or a set ``cancel``
     leaves nothing behind."""
-    import time
-
     result = VideoResult(source)
     info = info or probe(source, model.max_pixels)
     base = Path(out) / stem

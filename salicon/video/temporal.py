@@ -56,6 +56,17 @@ class FrameSampler:
         return "every frame" if self.fps is None else f"{self.fps:g} maps a second"
 
 
+def default_sampler(fps: float | None, every: int | None, on_cpu: bool, rate: float | None = None) -> FrameSampler:
+    """The user's choice (``fps`` or ``every``), else every frame on a GPU or for a
+    clip of at most :data:`DEFAULT_CPU_FPS` frames a second, else that many maps a
+    second (what ``salicon predict``, the server and ``--ray`` jobs run)."""
+    if fps is not None or every is not None:
+        return FrameSampler(fps=fps, every=every)
+    if not on_cpu or (rate is not None and rate <= DEFAULT_CPU_FPS):
+        return FrameSampler()
+    return FrameSampler(fps=DEFAULT_CPU_FPS)
+
+
 class ChosenFrames(FrameSampler):
     """A sampler that takes the frames whose indices were chosen beforehand (by a
     :class:`FrameSampler` over the whole clip), so workers given parts of a clip
@@ -108,4 +119,4 @@ def between(before: tuple[float, np.ndarray], after: tuple[float, np.ndarray] | 
     return ((1.0 - w) * m0 + w * m1).astype(np.float32)
 
 
-__all__ = ["DEFAULT_CPU_FPS", "FrameSampler", "ChosenFrames", "TemporalSmoother", "between"]
+__all__ = ["DEFAULT_CPU_FPS", "FrameSampler", "default_sampler", "ChosenFrames", "TemporalSmoother", "between"]

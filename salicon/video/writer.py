@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import io
-import os
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..outputs import publish, temporary_beside
 from ..types import PathLike
 from .reader import FrameInfo, VideoInfo
 
@@ -26,19 +26,6 @@ from .reader import FrameInfo, VideoInfo
 #: for these smooth maps) and x264's speed preset (the net, not the encoder, is the cost).
 CRF = "18"
 PRESET = "veryfast"
-
-
-def _temporary(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    os.replace(tmp, path)
 
 
 def _encoder_name() -> str:
@@ -72,7 +59,7 @@ class VideoEncoder:
         self.info = info
         self.audio_from = audio_from if info.has_audio else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _temporary(self.path)
+        self._tmp = temporary_beside(self.path)
         self._container = av.open(str(self._tmp), "w", format=_format_of(self.path))
         codec = _encoder_name()
         rate = info.rate if info.rate and info.rate > 0 else Fraction(30)
@@ -112,7 +99,7 @@ class VideoEncoder:
                 self._container.mux(packet)
             self._container.close()
             if self.audio_from:
-                with_audio = _temporary(self.path)
+                with_audio = temporary_beside(self.path)
                 try:
                     _mux_audio(self._tmp, self.audio_from, with_audio, _format_of(self.path))
                 except BaseException:
@@ -120,7 +107,7 @@ class VideoEncoder:
                     raise
                 self._tmp.unlink(missing_ok=True)
                 self._tmp = with_audio
-            _publish(self._tmp, self.path)
+            publish(self._tmp, self.path)
             return self.path
         except BaseException:
             self.abort()
@@ -185,7 +172,7 @@ class MapArchive:
         self._frames.append(frame_info.index)
 
     def commit(self) -> Path:
-        tmp = _temporary(self.path)
+        tmp = temporary_beside(self.path)
         try:
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
                 shape = (len(self._times),) + (self._shape or (0, 0))
@@ -199,7 +186,7 @@ class MapArchive:
                     buffer = io.BytesIO()
                     np.save(buffer, values)
                     archive.writestr(f"{name}.npy", buffer.getvalue())
-            _publish(tmp, self.path)
+            publish(tmp, self.path)
             return self.path
         except BaseException:
             tmp.unlink(missing_ok=True)
