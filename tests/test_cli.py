@@ -418,3 +418,13 @@ def test_combination_errors_print_the_usage_line_and_exit_2(extra, tmp_path, cap
     assert main(["predict", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: salicon predict") and "salicon: error: --" in err
+
+
+def test_a_closed_pipe_ends_quietly():
+    """``salicon models | head -1``: the reader leaves early; no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "salicon", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # as head does after its line
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -65,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(file=sys.stderr)  # the progress bar's line is left open: the message gets a line of its own
         error("interrupted")
         return 130
+    except BrokenPipeError:  # the reader went away (salicon models | head): stop quietly, as Unix tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
 
 
 __all__ = ["main", "build_parser"]
